@@ -1,0 +1,24 @@
+//! One Flotilla node's storage, consensus and state machine: named tables, each its own
+//! raft group, all over one shared RocksDB.
+
+pub mod applied;
+pub mod catalog;
+pub mod engine;
+pub mod error;
+pub mod fsm;
+pub mod group;
+pub mod keys;
+pub mod log_writer;
+pub mod metrics;
+pub mod node;
+pub mod raft_log;
+pub mod raft_storage;
+pub mod range;
+pub mod table;
+pub mod transport;
+pub mod values;
+pub mod view;
+
+pub use error::{Error, Result};
+pub use node::{Node, NodeConfig};
+pub use table::Table;

@@ -1,0 +1,198 @@
+//! The one writer that makes every group's raft log durable.
+//!
+//! Groups hand it their new entries and hard state ([`LogWrite`]) without waiting. It
+//! merges everything that is waiting, from all groups, into one RocksDB write batch, writes
+//! it with a single fsync, then tells each group which of its readies are durable
+//! (raft-rs asynchronous ready). Many tables writing at once cost one fsync per round.
+
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use rocksdb::WriteBatch;
+use tokio::sync::mpsc;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::keys;
+
+/// What one group asks to persist for one raft Ready.
+#[derive(Debug, Default)]
+pub struct LogWrite {
+    /// Key/value pairs for the raft family (entries, hard state).
+    pub puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A `[start, end)` range of the raft family to delete first (log entries a leader
+    /// overwrote with a conflicting suffix).
+    pub delete_range: Option<(Vec<u8>, Vec<u8>)>,
+    /// Must be fsynced: new entries, or a new term or vote. A hard state whose only
+    /// change is the commit index need not be (raft recovers it), so it rides along
+    /// unsynced unless another request in the round needs a sync.
+    pub sync: bool,
+}
+
+impl LogWrite {
+    /// True when there is nothing to write (the request only orders an acknowledgement).
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.delete_range.is_none()
+    }
+}
+
+/// Called once the write is durable (or failed); runs on the log writer thread, so it
+/// must only hand the news on (e.g. send on a channel).
+pub type Done = Box<dyn FnOnce(Result<()>) + Send>;
+
+struct Request {
+    write: LogWrite,
+    done: Done,
+}
+
+enum Msg {
+    Write(Request),
+    /// Finish what came before, then end the thread (releasing its engine handle).
+    Stop,
+}
+
+/// Counters that show how well writes are batched.
+#[derive(Debug, Clone)]
+pub struct LogWriterMetrics {
+    /// Rounds that wrote and fsynced something.
+    pub fsync_rounds: IntCounter,
+    /// Requests (group readies) persisted; divided by rounds = batching factor.
+    pub writes: IntCounter,
+    /// Time spent in each synced write.
+    pub fsync_seconds: Histogram,
+}
+
+impl LogWriterMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            fsync_rounds: IntCounter::new(
+                "flotilla_log_writer_fsync_rounds_total",
+                "Synced write rounds of the raft log writer",
+            )?,
+            writes: IntCounter::new(
+                "flotilla_log_writer_writes_total",
+                "Group persist requests handled by the raft log writer",
+            )?,
+            fsync_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "flotilla_log_writer_fsync_seconds",
+                    "Latency of one synced raft log write",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
+            )?,
+        };
+        registry.register(Box::new(m.fsync_rounds.clone()))?;
+        registry.register(Box::new(m.writes.clone()))?;
+        registry.register(Box::new(m.fsync_seconds.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Handle for submitting writes; cheap to clone. The thread stops on [`LogWriter::stop`]
+/// or when every handle is dropped, after finishing what was submitted.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogWriter")
+    }
+}
+
+impl LogWriter {
+    /// Starts the writer thread.
+    pub fn start(
+        engine: Engine,
+        metrics: LogWriterMetrics,
+    ) -> std::io::Result<(Self, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || run(engine, metrics, rx))?;
+        Ok((Self { tx }, handle))
+    }
+
+    /// Queues `write`; `done` runs once it is durable. Requests are persisted in the order
+    /// submitted, so a group's acknowledgements arrive in its ready order.
+    pub fn submit(&self, write: LogWrite, done: Done) {
+        if let Err(mpsc::error::SendError(Msg::Write(req))) =
+            self.tx.send(Msg::Write(Request { write, done }))
+        {
+            (req.done)(Err(Error::ShuttingDown));
+        }
+    }
+
+    /// Asks the thread to finish what was submitted and exit; later submissions fail
+    /// with `ShuttingDown`.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+}
+
+/// Most requests merged into one round; bounds the latency of the first one.
+const MAX_BATCH: usize = 4096;
+
+fn run(engine: Engine, metrics: LogWriterMetrics, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let span = tracing::info_span!("log_writer");
+    let _guard = span.enter();
+    let mut pending = Vec::with_capacity(256);
+    let mut stopping = false;
+    while !stopping {
+        match rx.blocking_recv() {
+            Some(Msg::Write(first)) => pending.push(first),
+            Some(Msg::Stop) | None => break,
+        }
+        while pending.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Write(req)) => pending.push(req),
+                Ok(Msg::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let result = write_round(&engine, &metrics, &pending);
+        if let Err(e) = &result {
+            tracing::error!("raft log write failed: {e}");
+        }
+        for req in pending.drain(..) {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(Error::Unavailable(format!("raft log write failed: {e}"))),
+            };
+            (req.done)(r);
+        }
+    }
+}
+
+fn write_round(engine: &Engine, metrics: &LogWriterMetrics, reqs: &[Request]) -> Result<()> {
+    metrics.writes.inc_by(reqs.len() as u64);
+    if reqs.iter().all(|r| r.write.is_empty()) {
+        return Ok(());
+    }
+    let cf = engine.cf(keys::CF_RAFT);
+    let mut batch = WriteBatch::default();
+    for req in reqs {
+        if let Some((start, end)) = &req.write.delete_range {
+            batch.delete_range_cf(cf, start, end);
+        }
+        for (k, v) in &req.write.puts {
+            batch.put_cf(cf, k, v);
+        }
+    }
+    if !reqs.iter().any(|r| r.write.sync) {
+        return engine.write(batch, false);
+    }
+    let started = Instant::now();
+    engine.write(batch, true)?;
+    metrics
+        .fsync_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.fsync_rounds.inc();
+    Ok(())
+}

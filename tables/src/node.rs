@@ -1,0 +1,323 @@
+//! A node's tables: opens the shared engine, starts the log writer, the catalog group and
+//! one group per table, and keeps the name -> table map the API layer uses.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prometheus::Registry;
+use prost::Message as _;
+use rocksdb::WriteBatch;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{self, CatalogCommand, CatalogListener, CatalogMachine, CatalogOutcome};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::group::{self, GroupConfig, GroupHandle, GroupParts};
+use crate::keys::{self, CATALOG_ID};
+use crate::log_writer::{LogWriter, LogWriterMetrics};
+use crate::metrics::TablesMetrics;
+use crate::raft_storage::{self, RaftStorage};
+use crate::table::{Table, TableMachine};
+use crate::transport::Transport;
+
+/// How to open a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Directory of the node's RocksDB.
+    pub data_dir: PathBuf,
+    /// Raft ids of all voters of every group (static membership).
+    pub voters: Vec<u64>,
+    /// Group timing and retention; `group.node_id` is this node's raft id.
+    pub group: GroupConfig,
+    /// Threads of the runtime that drives raft groups and applies entries.
+    pub raft_threads: usize,
+}
+
+struct Shared {
+    engine: Engine,
+    config: NodeConfig,
+    log_writer: LogWriter,
+    transport: Arc<dyn Transport>,
+    metrics: TablesMetrics,
+    runtime: tokio::runtime::Handle,
+    cancel: CancellationToken,
+    tables: DashMap<String, (Table, CancellationToken)>,
+}
+
+/// Listener given to the catalog machine; weak so the catalog does not keep the node alive.
+struct Listener(Weak<Shared>);
+
+impl CatalogListener for Listener {
+    fn created(&self, id: u64, name: &str) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        if let Err(e) = shared.open_table(id, name) {
+            tracing::error!(table = name, id, "cannot start created table: {e}");
+        }
+    }
+
+    fn dropped(&self, id: u64, name: &str) {
+        let Some(shared) = self.0.upgrade() else {
+            return;
+        };
+        shared.metrics.remove(name);
+        let Some((_, (table, cancel))) = shared.tables.remove(name) else {
+            return;
+        };
+        cancel.cancel();
+        let engine = shared.engine.clone();
+        shared.runtime.spawn(async move {
+            // Erase only after the group can no longer write the table's ranges.
+            table.stopped().await;
+            let erased =
+                tokio::task::spawn_blocking(move || catalog::erase_dropped(&engine, id)).await;
+            match erased {
+                Ok(Ok(())) => tracing::info!(id, "dropped table erased"),
+                Ok(Err(e)) => {
+                    tracing::error!(id, "erasing dropped table: {e} (retried at next start)")
+                }
+                Err(e) => tracing::error!(id, "erasing dropped table: {e} (retried at next start)"),
+            }
+        });
+    }
+}
+
+impl Shared {
+    fn open_table(&self, id: u64, name: &str) -> Result<()> {
+        let storage = RaftStorage::load(self.engine.clone(), id)?;
+        let machine = TableMachine::load(self.engine.clone(), id)?;
+        let cancel = self.cancel.child_token();
+        let handle = group::spawn(
+            GroupParts {
+                id,
+                name: name.to_owned(),
+                config: self.config.group.clone(),
+                storage,
+                machine,
+                log_writer: self.log_writer.clone(),
+                transport: self.transport.clone(),
+                metrics: self.metrics.group(name),
+                cancel: cancel.clone(),
+            },
+            &self.runtime,
+        )?;
+        let table = Table::new(name.to_owned(), handle, self.engine.clone());
+        self.tables.insert(name.to_owned(), (table, cancel));
+        Ok(())
+    }
+}
+
+/// One node's tables and the machinery under them.
+pub struct Node {
+    shared: Arc<Shared>,
+    catalog: GroupHandle<CatalogOutcome>,
+    /// The runtime driving the groups; taken on shutdown.
+    runtime: parking_lot::Mutex<Option<tokio::runtime::Runtime>>,
+    /// Joined on shutdown, so the engine is released when `shutdown` returns.
+    log_writer_thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("engine", &self.shared.engine)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Opens the node's storage and starts every group. Metrics go into `registry`.
+    pub fn open(
+        config: NodeConfig,
+        transport: Arc<dyn Transport>,
+        registry: &Registry,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Unavailable(format!("creating {}: {e}", config.data_dir.display()))
+        })?;
+        let engine = Engine::open(&config.data_dir)?;
+        for id in catalog::dropped(&engine)? {
+            tracing::info!(id, "erasing table dropped before the last stop");
+            catalog::erase_dropped(&engine, id)?;
+        }
+        let metrics_err = |e: prometheus::Error| Error::Unavailable(format!("metrics: {e}"));
+        let metrics = TablesMetrics::new(registry).map_err(metrics_err)?;
+        let lw_metrics = LogWriterMetrics::new(registry).map_err(metrics_err)?;
+        let (log_writer, log_writer_thread) = LogWriter::start(engine.clone(), lw_metrics)
+            .map_err(|e| Error::Unavailable(format!("starting log writer: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.raft_threads.max(1))
+            .thread_name("raft")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Unavailable(format!("starting raft runtime: {e}")))?;
+        if engine
+            .get(keys::CF_META, &keys::conf_state_key(CATALOG_ID))?
+            .is_none()
+        {
+            let mut batch = WriteBatch::default();
+            raft_storage::bootstrap(&engine, &mut batch, CATALOG_ID, &config.voters);
+            engine.write(batch, true)?;
+        }
+        let shared = Arc::new(Shared {
+            engine: engine.clone(),
+            config: config.clone(),
+            log_writer: log_writer.clone(),
+            transport: transport.clone(),
+            metrics: metrics.clone(),
+            runtime: runtime.handle().clone(),
+            cancel: CancellationToken::new(),
+            tables: DashMap::new(),
+        });
+        for (name, id) in catalog::list(&engine)? {
+            shared.open_table(id, &name)?;
+        }
+        let machine = CatalogMachine::load(
+            engine.clone(),
+            config.voters.clone(),
+            Arc::new(Listener(Arc::downgrade(&shared))),
+        )?;
+        let catalog = group::spawn(
+            GroupParts {
+                id: CATALOG_ID,
+                name: "__catalog".into(),
+                config: config.group.clone(),
+                storage: RaftStorage::load(engine, CATALOG_ID)?,
+                machine,
+                log_writer,
+                transport,
+                metrics: metrics.group("__catalog"),
+                cancel: shared.cancel.child_token(),
+            },
+            runtime.handle(),
+        )?;
+        Ok(Self {
+            shared,
+            catalog,
+            runtime: parking_lot::Mutex::new(Some(runtime)),
+            log_writer_thread: parking_lot::Mutex::new(Some(log_writer_thread)),
+        })
+    }
+
+    /// Creates table `name`; returns its id once it is ready for requests.
+    pub async fn create_table(&self, name: &str) -> Result<u64> {
+        let cmd = CatalogCommand {
+            op: CatalogCommand::CREATE,
+            name: name.to_owned(),
+        };
+        match self.catalog.propose(cmd.encode_to_vec()).await? {
+            CatalogOutcome::Created(id) => Ok(id),
+            CatalogOutcome::AlreadyExists => Err(Error::TableExists),
+            other => Err(Error::Unavailable(format!(
+                "unexpected catalog outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Drops table `name` and (in the background) erases its data.
+    pub async fn delete_table(&self, name: &str) -> Result<()> {
+        let cmd = CatalogCommand {
+            op: CatalogCommand::DROP,
+            name: name.to_owned(),
+        };
+        match self.catalog.propose(cmd.encode_to_vec()).await? {
+            CatalogOutcome::Dropped(_) => Ok(()),
+            CatalogOutcome::NotFound => Err(Error::TableNotFound),
+            other => Err(Error::Unavailable(format!(
+                "unexpected catalog outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// The table named `name`.
+    pub fn table(&self, name: &str) -> Result<Table> {
+        self.shared
+            .tables
+            .get(name)
+            .map(|t| t.0.clone())
+            .ok_or(Error::TableNotFound)
+    }
+
+    /// All tables, sorted by name.
+    pub fn tables(&self) -> Vec<Table> {
+        let mut out: Vec<Table> = self.shared.tables.iter().map(|t| t.0.clone()).collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out
+    }
+
+    /// Waits until the catalog has a leader and has applied everything committed, so
+    /// table lookups reflect every acknowledged create and drop.
+    pub async fn catalog_barrier(&self) -> Result<()> {
+        self.catalog.read_barrier().await
+    }
+
+    /// The node's raft id.
+    pub fn node_id(&self) -> u64 {
+        self.shared.config.group.node_id
+    }
+
+    /// Refreshes gauges that are sampled rather than pushed (RocksDB size).
+    pub fn refresh_metrics(&self) {
+        let size = self.shared.engine.approximate_size();
+        self.shared
+            .metrics
+            .db_size
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    /// Stops every group (each waits for its in-flight log writes) and flushes RocksDB.
+    /// Requests after this fail with `ShuttingDown`.
+    pub async fn shutdown(&self) {
+        self.shared.cancel.cancel();
+        let tables = self.tables();
+        let wait_all = async {
+            for t in &tables {
+                t.stopped().await;
+            }
+            self.catalog.stopped().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(10), wait_all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("groups did not stop within 10s");
+        }
+        self.shared.tables.clear();
+        let runtime = self.runtime.lock().take();
+        let log_writer = self.shared.log_writer.clone();
+        let thread = self.log_writer_thread.lock().take();
+        let engine = self.shared.engine.clone();
+        let finished = tokio::task::spawn_blocking(move || {
+            // Drop every task (and the engine handles they hold), then let the log writer
+            // finish and exit, then flush: when this returns only `Node` holds the engine.
+            if let Some(rt) = runtime {
+                rt.shutdown_timeout(Duration::from_secs(5));
+            }
+            log_writer.stop();
+            if let Some(t) = thread
+                && t.join().is_err()
+            {
+                tracing::error!("log writer thread panicked");
+            }
+            engine.flush()
+        })
+        .await;
+        match finished {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("flush on shutdown: {e}"),
+            Err(e) => tracing::error!("shutdown: {e}"),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+        if let Some(rt) = self.runtime.lock().take() {
+            rt.shutdown_background();
+        }
+    }
+}

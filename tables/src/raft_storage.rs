@@ -1,0 +1,397 @@
+//! `raft::Storage` over the shared RocksDB.
+//!
+//! RocksDB is the durable copy of the log. Entries a group just handed to the log writer
+//! are also kept in an in-memory tail, because raft-rs needs to read them back before they
+//! are durable (asynchronous ready); the tail is trimmed once entries are durable and
+//! applied, so memory stays bounded.
+
+use std::collections::VecDeque;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::WriteBatch;
+
+use crate::engine::{Engine, iter_status};
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::log_writer::LogWrite;
+
+/// Raft storage of one group.
+pub struct RaftStorage {
+    engine: Engine,
+    id: u64,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction (0, 0 for a fresh group).
+    truncated: (u64, u64),
+    last_index: u64,
+    /// Entries not yet known durable or applied, contiguous, ending at `last_index`.
+    tail: VecDeque<Entry>,
+}
+
+impl std::fmt::Debug for RaftStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftStorage")
+            .field("id", &self.id)
+            .field("truncated", &self.truncated)
+            .field("last_index", &self.last_index)
+            .finish()
+    }
+}
+
+fn encode_truncated(index: u64, term: u64) -> Vec<u8> {
+    let mut v = index.to_be_bytes().to_vec();
+    v.extend_from_slice(&term.to_be_bytes());
+    v
+}
+
+/// Writes the initial raft state of a brand-new group into `batch`: its voters and an
+/// empty log. Written in the same batch as the catalog entry that creates the table.
+pub fn bootstrap(engine: &Engine, batch: &mut WriteBatch, id: u64, voters: &[u64]) {
+    let mut cs = ConfState::default();
+    cs.set_voters(voters.to_vec());
+    // ConfState is a plain protobuf message; encoding cannot fail for in-memory values.
+    let cs_bytes = cs.write_to_bytes().unwrap_or_default();
+    batch.put_cf(engine.cf(keys::CF_META), keys::conf_state_key(id), cs_bytes);
+    batch.put_cf(
+        engine.cf(keys::CF_RAFT),
+        keys::truncated_key(id),
+        encode_truncated(0, 0),
+    );
+}
+
+impl RaftStorage {
+    /// Loads group `id`'s raft state from the engine.
+    pub fn load(engine: Engine, id: u64) -> Result<Self> {
+        let hard_state = match engine.get(keys::CF_RAFT, &keys::hard_state_key(id))? {
+            Some(b) => HardState::parse_from_bytes(&b)?,
+            None => HardState::default(),
+        };
+        let conf_state = match engine.get(keys::CF_META, &keys::conf_state_key(id))? {
+            Some(b) => ConfState::parse_from_bytes(&b)?,
+            None => return Err(Error::Corrupt(format!("group {id} has no conf state"))),
+        };
+        let truncated = match engine.get(keys::CF_RAFT, &keys::truncated_key(id))? {
+            Some(b) if b.len() == 16 => (
+                keys::decode_u64(&b[..8]).unwrap_or(0),
+                keys::decode_u64(&b[8..]).unwrap_or(0),
+            ),
+            _ => (0, 0),
+        };
+        let mut last_index = truncated.0;
+        {
+            let start = keys::raft_log_key(id, 0);
+            let end = keys::raft_log_key(id, u64::MAX);
+            let mut iter = engine.iter(keys::CF_RAFT, start, end);
+            iter.seek_to_last();
+            if iter.valid()
+                && let Some(i) = iter.key().and_then(keys::raft_log_index)
+            {
+                last_index = last_index.max(i);
+            }
+            iter_status(&iter)?;
+        }
+        Ok(Self {
+            engine,
+            id,
+            hard_state,
+            conf_state,
+            truncated,
+            last_index,
+            tail: VecDeque::new(),
+        })
+    }
+
+    /// Raises the stored commit index to at least `applied`. The applied state and a
+    /// commit-only hard state are both written without fsync, so after a crash the applied
+    /// index may be ahead of the recovered commit index; applied entries were committed,
+    /// and raft-rs refuses to start with `applied > commit`.
+    pub fn ensure_committed(&mut self, applied: u64) {
+        if self.hard_state.commit < applied {
+            self.hard_state.commit = applied;
+        }
+    }
+
+    fn first_index_(&self) -> u64 {
+        self.truncated.0 + 1
+    }
+
+    fn tail_first(&self) -> u64 {
+        self.tail.front().map_or(self.last_index + 1, |e| e.index)
+    }
+
+    /// Takes new entries and hard state of a Ready: keeps them readable at once and
+    /// returns what the log writer must persist.
+    pub fn stage(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<LogWrite> {
+        let mut write = LogWrite::default();
+        if let Some(first) = entries.first() {
+            let first_index = first.index;
+            // Entries at or after first_index are replaced (conflict resolution).
+            while self.tail.back().is_some_and(|e| e.index >= first_index) {
+                self.tail.pop_back();
+            }
+            if self.tail_first() > first_index {
+                // The replaced part was only on disk: the tail restarts here.
+                self.tail.clear();
+            }
+            let new_last = entries.last().map_or(first_index, |e| e.index);
+            if new_last < self.last_index {
+                write.delete_range = Some((
+                    keys::raft_log_key(self.id, new_last + 1),
+                    keys::raft_log_key(self.id, self.last_index + 1),
+                ));
+            }
+            for e in entries {
+                write
+                    .puts
+                    .push((keys::raft_log_key(self.id, e.index), e.write_to_bytes()?));
+                self.tail.push_back(e.clone());
+            }
+            self.last_index = new_last;
+        }
+        if let Some(hs) = hard_state {
+            write
+                .puts
+                .push((keys::hard_state_key(self.id), hs.write_to_bytes()?));
+            self.hard_state = hs.clone();
+        }
+        Ok(write)
+    }
+
+    /// Drops tail entries up to `index` (durable and applied), which RocksDB serves from
+    /// now on.
+    pub fn trim_tail(&mut self, index: u64) {
+        while self.tail.front().is_some_and(|e| e.index <= index) {
+            self.tail.pop_front();
+        }
+    }
+
+    /// Removes log entries up to and including `index` (which must be applied), keeping
+    /// `index`'s term as the truncation point.
+    pub fn compact(&mut self, index: u64) -> Result<()> {
+        if index <= self.truncated.0 || index > self.last_index {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self, index)?;
+        let mut batch = WriteBatch::default();
+        let cf = self.engine.cf(keys::CF_RAFT);
+        batch.delete_range_cf(
+            cf,
+            keys::raft_log_key(self.id, 0),
+            keys::raft_log_key(self.id, index + 1),
+        );
+        batch.put_cf(
+            cf,
+            keys::truncated_key(self.id),
+            encode_truncated(index, term),
+        );
+        self.engine.write(batch, false)?;
+        self.truncated = (index, term);
+        self.trim_tail(index);
+        Ok(())
+    }
+
+    /// Index of the first entry still in the log.
+    pub fn first_log_index(&self) -> u64 {
+        self.first_index_()
+    }
+
+    /// Index of the last entry in the log.
+    pub fn last_log_index(&self) -> u64 {
+        self.last_index
+    }
+
+    fn read_entry(&self, index: u64) -> Result<Entry, raft::Error> {
+        if index >= self.tail_first()
+            && let Some(e) = self.tail.get((index - self.tail_first()) as usize)
+        {
+            return Ok(e.clone());
+        }
+        let bytes = self
+            .engine
+            .get(keys::CF_RAFT, &keys::raft_log_key(self.id, index))
+            .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?
+            .ok_or(raft::Error::Store(StorageError::Unavailable))?;
+        Ok(Entry::parse_from_bytes(&bytes)?)
+    }
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState {
+            hard_state: self.hard_state.clone(),
+            conf_state: self.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first_index_() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into();
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for index in low..high {
+            let e = self.read_entry(index)?;
+            size += u64::from(e.compute_size());
+            // Always return at least one entry, as raft-rs expects.
+            if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated.0 {
+            return Ok(self.truncated.1);
+        }
+        if idx < self.first_index_() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index_())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Shipping a table to a replica that fell behind the retained log needs the
+        // node-to-node transport (the cluster issue); a single voter never asks.
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage as _;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8].into(),
+            ..Default::default()
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Engine, RaftStorage) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let mut batch = WriteBatch::default();
+        bootstrap(&engine, &mut batch, 9, &[1]);
+        engine.write(batch, true).expect("bootstrap");
+        let s = RaftStorage::load(engine.clone(), 9).expect("load");
+        (dir, engine, s)
+    }
+
+    fn persist(engine: &Engine, w: LogWrite) {
+        let cf = engine.cf(keys::CF_RAFT);
+        let mut b = WriteBatch::default();
+        if let Some((s, e)) = w.delete_range {
+            b.delete_range_cf(cf, s, e);
+        }
+        for (k, v) in w.puts {
+            b.put_cf(cf, k, v);
+        }
+        engine.write(b, true).expect("write");
+    }
+
+    #[test]
+    fn staged_entries_are_readable_then_survive_reload() {
+        let (_d, engine, mut s) = open();
+        let w = s
+            .stage(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .expect("stage");
+        assert_eq!(
+            s.entries(1, 4, None, GetEntriesContext::empty(false))
+                .expect("e")
+                .len(),
+            3
+        );
+        persist(&engine, w);
+        s.trim_tail(3);
+        assert_eq!(s.term(2).expect("term"), 1);
+        let reloaded = RaftStorage::load(engine, 9).expect("reload");
+        assert_eq!(reloaded.last_index().expect("last"), 3);
+        assert_eq!(
+            reloaded
+                .entries(2, 4, None, GetEntriesContext::empty(false))
+                .expect("e")[0]
+                .index,
+            2
+        );
+    }
+
+    #[test]
+    fn conflicting_suffix_is_replaced_on_disk_too() {
+        let (_d, engine, mut s) = open();
+        let w = s
+            .stage(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .expect("stage");
+        persist(&engine, w);
+        s.trim_tail(3);
+        let w = s.stage(&[entry(2, 2)], None).expect("stage");
+        assert!(w.delete_range.is_some());
+        persist(&engine, w);
+        assert_eq!(s.last_index().expect("last"), 2);
+        assert_eq!(s.term(2).expect("term"), 2);
+        let reloaded = RaftStorage::load(engine, 9).expect("reload");
+        assert_eq!(reloaded.last_index().expect("last"), 2);
+        assert_eq!(reloaded.term(2).expect("term"), 2);
+    }
+
+    #[test]
+    fn commit_is_raised_to_the_applied_index() {
+        let (_d, _engine, mut s) = open();
+        s.ensure_committed(5);
+        assert_eq!(s.initial_state().expect("state").hard_state.commit, 5);
+        s.ensure_committed(3);
+        assert_eq!(s.initial_state().expect("state").hard_state.commit, 5);
+    }
+
+    #[test]
+    fn compaction_truncates_and_reports_compacted() {
+        let (_d, engine, mut s) = open();
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        let w = s.stage(&entries, None).expect("stage");
+        persist(&engine, w);
+        s.compact(6).expect("compact");
+        assert_eq!(s.first_index().expect("first"), 7);
+        assert_eq!(s.term(6).expect("term"), 1);
+        assert!(
+            s.entries(5, 8, None, GetEntriesContext::empty(false))
+                .is_err()
+        );
+        let reloaded = RaftStorage::load(engine, 9).expect("reload");
+        assert_eq!(
+            (
+                reloaded.first_index().expect("f"),
+                reloaded.last_index().expect("l")
+            ),
+            (7, 10)
+        );
+    }
+}

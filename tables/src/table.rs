@@ -1,0 +1,123 @@
+//! A table as the API layer sees it: proposals through its raft group, reads from the
+//! shared RocksDB off the async reactor.
+
+use flotilla_proto::mvcc::v1::{Command, ResponseOp, Txn};
+use prost::Message as _;
+
+use crate::applied::AppliedState;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::fsm::{ApplyOutput, TableFsm, execute_txn};
+use crate::group::{GroupHandle, GroupStatus, StateMachine};
+use crate::keys;
+use crate::range::{RangePage, RangeQuery};
+use crate::view::{DbView, Overlay};
+
+/// The state machine of a table group: [`TableFsm`] plus its applied state.
+#[derive(Debug)]
+pub struct TableMachine {
+    fsm: TableFsm,
+    state: AppliedState,
+}
+
+impl TableMachine {
+    /// Loads table `id`'s applied state.
+    pub fn load(engine: Engine, id: u64) -> Result<Self> {
+        let state = match engine.get(keys::CF_META, &keys::applied_key(id))? {
+            Some(b) => AppliedState::decode(&b)?,
+            None => AppliedState::default(),
+        };
+        Ok(Self {
+            fsm: TableFsm::new(engine, id),
+            state,
+        })
+    }
+}
+
+impl StateMachine for TableMachine {
+    type Output = ApplyOutput;
+
+    fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<ApplyOutput> {
+        self.fsm.apply_entry(index, term, data, &mut self.state)
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.state.index
+    }
+}
+
+/// A handle to one table; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Table {
+    name: String,
+    group: GroupHandle<ApplyOutput>,
+    engine: Engine,
+}
+
+impl Table {
+    pub(crate) fn new(name: String, group: GroupHandle<ApplyOutput>, engine: Engine) -> Self {
+        Self {
+            name,
+            group,
+            engine,
+        }
+    }
+
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The table's numeric id (also its raft group / shard id).
+    pub fn id(&self) -> u64 {
+        self.group.id()
+    }
+
+    /// Raft status of the table's group on this node.
+    pub fn status(&self) -> &GroupStatus {
+        self.group.status()
+    }
+
+    /// Replicates and applies `cmd`; returns once it is durable and applied.
+    pub async fn propose(&self, cmd: &Command) -> Result<ApplyOutput> {
+        self.group.propose(cmd.encode_to_vec()).await
+    }
+
+    /// Waits until everything committed before this call is applied here.
+    pub async fn read_barrier(&self) -> Result<()> {
+        self.group.read_barrier().await
+    }
+
+    /// Waits until this replica has applied `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<()> {
+        self.group.wait_applied(index).await
+    }
+
+    /// Resolves once the table's group task has exited.
+    pub async fn stopped(&self) {
+        self.group.stopped().await;
+    }
+
+    /// Reads one page of `query` (off the async reactor).
+    pub async fn read_page(&self, query: RangeQuery, byte_budget: usize) -> Result<RangePage> {
+        let (engine, id) = (self.engine.clone(), self.id());
+        blocking(move || query.read_page(&DbView::new(&engine, id), byte_budget)).await
+    }
+
+    /// Evaluates a read-only Txn (every op a Range) against the local state.
+    pub async fn read_txn(&self, txn: Txn) -> Result<(bool, Vec<ResponseOp>)> {
+        let (engine, id) = (self.engine.clone(), self.id());
+        blocking(move || {
+            let view = DbView::new(&engine, id);
+            execute_txn(&mut Overlay::new(&view), &txn, 0)
+        })
+        .await
+    }
+}
+
+/// Runs blocking storage work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Unavailable(format!("read task failed: {e}")))?
+}
