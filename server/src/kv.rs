@@ -1,0 +1,243 @@
+//! `regatta.v1.KV`: Range, IterateRange, Put, DeleteRange, Txn.
+
+use std::pin::Pin;
+
+use flotilla_proto::mvcc::v1::{Command, KeyValue, Txn, command::CommandType, response_op};
+use flotilla_proto::regatta::v1::kv_server::Kv;
+use flotilla_proto::regatta::v1::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
+};
+use flotilla_tables::Table;
+use flotilla_tables::range::{RESPONSE_BYTE_BUDGET, RangeQuery};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::api::{Api, table_name};
+use crate::status::kv_status;
+use crate::validate;
+
+/// The KV service.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    api: Api,
+}
+
+impl KvService {
+    /// A KV service over `api`.
+    pub fn new(api: Api) -> Self {
+        Self { api }
+    }
+
+    fn table(&self, name: &[u8]) -> Result<Table, Status> {
+        self.api.node.table(table_name(name)?).map_err(kv_status)
+    }
+
+    async fn range_impl(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        validate::range(&req, false)?;
+        let table = self.table(&req.table)?;
+        if req.linearizable {
+            table.read_barrier().await.map_err(kv_status)?;
+        }
+        let page = table
+            .read_page(query_of(&req), RESPONSE_BYTE_BUDGET)
+            .await
+            .map_err(kv_status)?;
+        Ok(RangeResponse {
+            header: Some(self.api.header(&table, 0)),
+            kvs: page.kvs,
+            more: page.more,
+            count: page.count as i64,
+        })
+    }
+
+    async fn put_impl(&self, req: PutRequest) -> Result<PutResponse, Status> {
+        validate::put(&req)?;
+        let table = self.table(&req.table)?;
+        let cmd = Command {
+            table: req.table,
+            r#type: CommandType::Put as i32,
+            kv: Some(KeyValue {
+                key: req.key,
+                value: req.value,
+                ..Default::default()
+            }),
+            prev_kvs: req.prev_kv,
+            ..Default::default()
+        };
+        let out = table.propose(&cmd).await.map_err(kv_status)?;
+        let prev_kv = out.responses.into_iter().find_map(|r| match r.response {
+            Some(response_op::Response::ResponsePut(p)) => p.prev_kv,
+            _ => None,
+        });
+        Ok(PutResponse {
+            header: Some(self.api.header(&table, out.revision)),
+            prev_kv,
+        })
+    }
+
+    async fn delete_impl(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
+        validate::delete_range(&req)?;
+        let table = self.table(&req.table)?;
+        let cmd = Command {
+            table: req.table,
+            r#type: CommandType::Delete as i32,
+            kv: Some(KeyValue {
+                key: req.key,
+                ..Default::default()
+            }),
+            range_end: (!req.range_end.is_empty()).then_some(req.range_end),
+            prev_kvs: req.prev_kv,
+            count: req.count,
+            ..Default::default()
+        };
+        let out = table.propose(&cmd).await.map_err(kv_status)?;
+        let mut resp = DeleteRangeResponse {
+            header: Some(self.api.header(&table, out.revision)),
+            ..Default::default()
+        };
+        if let Some(response_op::Response::ResponseDeleteRange(d)) =
+            out.responses.into_iter().next().and_then(|r| r.response)
+        {
+            resp.deleted = d.deleted;
+            resp.prev_kvs = d.prev_kvs;
+        }
+        Ok(resp)
+    }
+
+    async fn txn_impl(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
+        validate::txn(&req)?;
+        let table = self.table(&req.table)?;
+        let read_only = validate::is_read_only(&req);
+        let txn = Txn {
+            compare: req.compare,
+            success: req.success,
+            failure: req.failure,
+        };
+        if read_only {
+            // No log entry for reads: a linearizable read, revision 0 (WIRE.md §5.4).
+            table.read_barrier().await.map_err(kv_status)?;
+            let (succeeded, responses) = table.read_txn(txn).await.map_err(kv_status)?;
+            return Ok(TxnResponse {
+                header: Some(self.api.header(&table, 0)),
+                succeeded,
+                responses,
+            });
+        }
+        let cmd = Command {
+            table: req.table,
+            r#type: CommandType::Txn as i32,
+            txn: Some(txn),
+            ..Default::default()
+        };
+        let out = table.propose(&cmd).await.map_err(kv_status)?;
+        Ok(TxnResponse {
+            header: Some(self.api.header(&table, out.revision)),
+            succeeded: out.succeeded,
+            responses: out.responses,
+        })
+    }
+}
+
+fn query_of(req: &RangeRequest) -> RangeQuery {
+    RangeQuery {
+        key: req.key.clone(),
+        range_end: req.range_end.clone(),
+        limit: req.limit.max(0) as u64,
+        keys_only: req.keys_only,
+        count_only: req.count_only,
+        min_mod_revision: req.min_mod_revision.max(0) as u64,
+        max_mod_revision: req.max_mod_revision.max(0) as u64,
+        min_create_revision: req.min_create_revision.max(0) as u64,
+        max_create_revision: req.max_create_revision.max(0) as u64,
+    }
+}
+
+/// Pages of an IterateRange call, in flight at most this many at a time: the stream
+/// never holds more than a couple of 4 MiB pages in memory.
+const STREAM_PAGES_IN_FLIGHT: usize = 2;
+
+type RangeStream = Pin<Box<dyn Stream<Item = Result<RangeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        self.api
+            .unary("Range", request, |r| self.range_impl(r))
+            .await
+            .map(Response::new)
+    }
+
+    type IterateRangeStream = RangeStream;
+
+    async fn iterate_range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<Self::IterateRangeStream>, Status> {
+        let req = request.into_inner();
+        let setup = async {
+            validate::range(&req, true)?;
+            let table = self.table(&req.table)?;
+            if req.linearizable {
+                table.read_barrier().await.map_err(kv_status)?;
+            }
+            Ok(table)
+        };
+        let table = self.api.grpc.observe("IterateRange", setup).await?;
+        let (tx, rx) = mpsc::channel(STREAM_PAGES_IN_FLIGHT);
+        let api = self.api.clone();
+        tokio::spawn(async move {
+            let mut query = Some(query_of(&req));
+            while let Some(q) = query.take() {
+                let result = table.read_page(q.clone(), RESPONSE_BYTE_BUDGET).await;
+                let msg = match result {
+                    Ok(page) => {
+                        query = q.next_page(&page);
+                        Ok(RangeResponse {
+                            header: Some(api.header(&table, 0)),
+                            more: page.more,
+                            count: page.count as i64,
+                            kvs: page.kvs,
+                        })
+                    }
+                    Err(e) => Err(kv_status(e)),
+                };
+                // The client went away (cancelled): stop quietly.
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.api
+            .unary("Put", request, |r| self.put_impl(r))
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.api
+            .unary("DeleteRange", request, |r| self.delete_impl(r))
+            .await
+            .map(Response::new)
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.api
+            .unary("Txn", request, |r| self.txn_impl(r))
+            .await
+            .map(Response::new)
+    }
+}

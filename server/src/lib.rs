@@ -1,0 +1,183 @@
+//! The Flotilla server: the gRPC API and admin HTTP over one node's tables.
+//!
+//! [`start`] binds the listeners and serves until [`Running::shutdown`]; the `flotilla`
+//! binary wraps it with a CLI, and tests start it in-process on loopback.
+
+pub mod api;
+pub mod cluster;
+pub mod grpc_metrics;
+pub mod kv;
+pub mod metrics_svc;
+pub mod rest;
+pub mod status;
+pub mod tables_svc;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use flotilla_ops::Settings;
+use flotilla_proto::regatta::v1::{
+    cluster_server::ClusterServer, kv_server::KvServer, metrics_server::MetricsServer,
+    tables_server::TablesServer,
+};
+use flotilla_tables::group::GroupConfig;
+use flotilla_tables::transport::NoPeers;
+use flotilla_tables::{Node, NodeConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+
+use crate::api::Api;
+
+/// Largest gRPC message accepted (Armada's default).
+pub const MAX_RECV_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest gRPC message sent: a 4 MiB response page plus headers and framing.
+pub const MAX_SEND_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    /// Where the gRPC API listens.
+    pub api_addr: SocketAddr,
+    /// Where /metrics and /healthz listen.
+    pub rest_addr: SocketAddr,
+    node: Arc<Node>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains in-flight calls, stops the tables and flushes storage.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.node.shutdown().await;
+    }
+
+    /// Resolves when the server stops (on [`Running::shutdown`] or a serving failure).
+    pub async fn stopped(&self) {
+        self.stop.cancelled().await;
+    }
+}
+
+/// Opens the node's storage and serves the API and admin endpoints.
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    let registry = flotilla_ops::telemetry::new_registry();
+    let members = settings.members()?;
+    let node_config = NodeConfig {
+        data_dir: settings.data_dir.clone(),
+        voters: members.keys().copied().collect(),
+        group: GroupConfig {
+            node_id: settings.raft.node_id,
+            tick: settings.tick()?,
+            election_ticks: usize::try_from(settings.raft.election_rtt)?,
+            heartbeat_ticks: usize::try_from(settings.raft.heartbeat_rtt)?,
+            log_retention_entries: settings.raft.log_retention_entries,
+            ..GroupConfig::default()
+        },
+        raft_threads: settings.raft.threads,
+    };
+    if members.len() > 1 {
+        anyhow::bail!(
+            "multi-node clusters need the node-to-node transport, which is not built yet; run with one member"
+        );
+    }
+    let reg = registry.clone();
+    let node =
+        tokio::task::spawn_blocking(move || Node::open(node_config, Arc::new(NoPeers), &reg))
+            .await?
+            .with_context(|| format!("opening data dir {}", settings.data_dir.display()))?;
+    let node = Arc::new(node);
+    let grpc = grpc_metrics::GrpcMetrics::new(&registry)?;
+    let api = Api {
+        node: node.clone(),
+        settings: Arc::new(settings.clone()),
+        registry,
+        grpc,
+    };
+
+    let api_listener = TcpListener::bind(settings.api_listen()?)
+        .await
+        .with_context(|| format!("binding api.address {}", settings.api.address))?;
+    let rest_listener = TcpListener::bind(settings.rest_listen()?)
+        .await
+        .with_context(|| format!("binding rest.address {}", settings.rest.address))?;
+    let api_addr = api_listener.local_addr()?;
+    let rest_addr = rest_listener.local_addr()?;
+
+    let stop = CancellationToken::new();
+    let grpc_task = tokio::spawn(serve_grpc(api.clone(), api_listener, stop.clone()));
+    let rest_task = {
+        let stop = stop.clone();
+        let router = rest::router(api);
+        tokio::spawn(async move {
+            let served = axum::serve(rest_listener, router)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!("REST server failed: {e}");
+                stop.cancel();
+            }
+        })
+    };
+    tracing::info!(%api_addr, %rest_addr, "flotilla serving");
+    Ok(Running {
+        api_addr,
+        rest_addr,
+        node,
+        stop,
+        tasks: vec![grpc_task, rest_task],
+    })
+}
+
+async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
+    macro_rules! svc {
+        ($server:ident, $svc:expr) => {
+            $server::new($svc)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(MAX_RECV_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_SEND_MESSAGE_BYTES)
+        };
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+    let router = tonic::transport::Server::builder()
+        .add_service(svc!(KvServer, kv::KvService::new(api.clone())))
+        .add_service(svc!(
+            TablesServer,
+            tables_svc::TablesService::new(api.clone())
+        ))
+        .add_service(svc!(
+            ClusterServer,
+            cluster::ClusterService::new(api.clone())
+        ))
+        .add_service(svc!(
+            MetricsServer,
+            metrics_svc::MetricsService::new(api.clone())
+        ));
+    let router = match (reflection, reflection_alpha) {
+        (Ok(r), Ok(a)) => router.add_service(r).add_service(a),
+        (r, a) => {
+            tracing::warn!("gRPC reflection unavailable: {:?} {:?}", r.err(), a.err());
+            router
+        }
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = router
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!("gRPC server failed: {e}");
+        stop.cancel();
+    }
+}
