@@ -1,0 +1,123 @@
+//! Harness for tests that run real `flotilla` processes on loopback.
+//!
+//! Processes are started with port 0 and report their addresses on stdout; each is
+//! stopped by its own PID (kill -9 or drop), never by name.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::regatta::v1::kv_client::KvClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// The `flotilla` binary built by `cargo build` in this workspace.
+pub fn flotilla_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FLOTILLA_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test binaries live in target/<profile>/deps; the binary in target/<profile>.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = profile_dir.join("flotilla");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo test --workspace` (scripts/test.sh), which builds it",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `flotilla leader` process.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    /// Where its gRPC API listens.
+    pub api_addr: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+impl Process {
+    /// Starts a single-node leader on `data_dir` and waits (up to `timeout`) until it
+    /// reports its listening addresses.
+    pub async fn start(data_dir: &Path, timeout: Duration) -> Self {
+        let mut child = Command::new(flotilla_bin())
+            .arg("leader")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--api.address",
+                "127.0.0.1:0",
+                "--rest.address",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn flotilla");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(timeout, lines.next_line())
+            .await
+            .expect("flotilla reported its address in time")
+            .expect("read stdout")
+            .expect("flotilla printed a line");
+        // "flotilla leader: API (gRPC) on 127.0.0.1:PORT, metrics on ..."
+        let api_addr = line
+            .split("API (gRPC) on ")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            api_addr,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// A KV client connected to this process.
+    pub async fn kv(&self) -> KvClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.api_addr))
+            .expect("uri")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("connect");
+        KvClient::new(channel).max_decoding_message_size(16 << 20)
+    }
+
+    /// A channel to this process.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.api_addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// SIGKILL, then reap.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("kill -9");
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Polls `check` every 20 ms until true or `timeout`; returns whether it became true.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
