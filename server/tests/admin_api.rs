@@ -189,3 +189,68 @@ async fn metrics_over_grpc_and_rest() {
     assert_eq!(code, 404);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn reflection_lists_services_and_serves_descriptors() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let s = TestServer::start().await;
+    let mut client = ServerReflectionClient::new(s.channel.clone());
+    let requests = futures::stream::iter([
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol("regatta.v1.KV".into())),
+        },
+    ]);
+    let mut responses = client
+        .server_reflection_info(requests)
+        .await
+        .expect("reflection")
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = responses
+        .message()
+        .await
+        .expect("first")
+        .and_then(|r| r.message_response)
+    else {
+        panic!("expected a service list")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "regatta.v1.KV",
+        "regatta.v1.Tables",
+        "regatta.v1.Cluster",
+        "regatta.v1.Metrics",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) = responses
+        .message()
+        .await
+        .expect("second")
+        .and_then(|r| r.message_response)
+    else {
+        panic!("expected file descriptors")
+    };
+    let file_names: Vec<String> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|b| {
+            <prost_types::FileDescriptorProto as prost::Message>::decode(b.as_slice())
+                .expect("descriptor")
+                .name()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        file_names.iter().any(|n| n == "armada.proto"),
+        "{file_names:?}"
+    );
+    s.shutdown().await;
+}

@@ -149,8 +149,11 @@ impl<O: Send + 'static> GroupHandle<O> {
     pub async fn read_barrier(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::ReadIndex { reply })?;
-        let index = rx
+        // Raft may drop a ReadIndex (e.g. leadership moves while it is in flight) without
+        // an answer; never wait for it forever.
+        let index = tokio::time::timeout(READ_INDEX_TIMEOUT, rx)
             .await
+            .map_err(|_| Error::Timeout)?
             .map_err(|_| Error::Unavailable("shard closed".into()))??;
         self.wait_applied(index).await
     }
@@ -271,6 +274,7 @@ pub fn spawn<M: StateMachine>(
         proposals: BTreeMap::new(),
         waiting: VecDeque::new(),
         reads: HashMap::new(),
+        reads_before_commit: VecDeque::new(),
         next_read: 0,
         in_flight: VecDeque::new(),
         status,
@@ -305,8 +309,11 @@ struct RaftGroup<M: StateMachine> {
     proposals: BTreeMap<u64, (u64, Reply<M::Output>)>,
     /// Requests that arrived while no leader was known.
     waiting: VecDeque<Request<M::Output>>,
-    /// ReadIndex requests by context id.
+    /// ReadIndex requests handed to raft, by context id.
     reads: HashMap<u64, oneshot::Sender<Result<u64>>>,
+    /// ReadIndex requests held until this leader has committed an entry in its term:
+    /// raft-rs silently drops earlier ones.
+    reads_before_commit: VecDeque<oneshot::Sender<Result<u64>>>,
     next_read: u64,
     /// Readies handed to the log writer: (number, last entry index, messages to send
     /// once durable).
@@ -317,6 +324,8 @@ struct RaftGroup<M: StateMachine> {
     durable_index: u64,
 }
 
+/// Longest wait for raft to answer a ReadIndex.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most requests taken from the mailbox before handling a Ready: bounds latency while
 /// still batching proposals into one log write.
 const MAX_REQUESTS_PER_READY: usize = 1024;
@@ -408,11 +417,26 @@ impl<M: StateMachine> RaftGroup<M> {
                 }
             }
             Request::ReadIndex { reply } => {
-                self.next_read += 1;
-                self.reads.insert(self.next_read, reply);
-                self.raw_node
-                    .read_index(self.next_read.to_be_bytes().to_vec());
+                self.reads_before_commit.push_back(reply);
+                self.release_reads();
             }
+        }
+    }
+
+    /// Hands held ReadIndex requests to raft once it can answer them.
+    fn release_reads(&mut self) {
+        let raft = &self.raw_node.raft;
+        if self.reads_before_commit.is_empty()
+            || raft.state != StateRole::Leader
+            || !raft.commit_to_current_term()
+        {
+            return;
+        }
+        while let Some(reply) = self.reads_before_commit.pop_front() {
+            self.next_read += 1;
+            self.reads.insert(self.next_read, reply);
+            self.raw_node
+                .read_index(self.next_read.to_be_bytes().to_vec());
         }
     }
 
@@ -430,7 +454,11 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn on_ready(&mut self) -> Result<()> {
-        while self.raw_node.has_ready() {
+        loop {
+            self.release_reads();
+            if !self.raw_node.has_ready() {
+                break;
+            }
             let mut rd = self.raw_node.ready();
             self.transport.send(self.id, rd.take_messages());
             if !rd.snapshot().is_empty() {
@@ -482,7 +510,8 @@ impl<M: StateMachine> RaftGroup<M> {
             for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
                 let _ = reply.send(Err(Error::ProposalDropped));
             }
-            for (_, reply) in self.reads.drain() {
+            let held = std::mem::take(&mut self.reads_before_commit);
+            for reply in self.reads.drain().map(|(_, r)| r).chain(held) {
                 let _ = reply.send(Err(Error::Unavailable("leadership changed".into())));
             }
         }
@@ -559,7 +588,8 @@ impl<M: StateMachine> RaftGroup<M> {
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
             let _ = reply.send(Err(err()));
         }
-        for (_, reply) in self.reads.drain() {
+        let held = std::mem::take(&mut self.reads_before_commit);
+        for reply in self.reads.drain().map(|(_, r)| r).chain(held) {
             let _ = reply.send(Err(err()));
         }
         for req in std::mem::take(&mut self.waiting) {
