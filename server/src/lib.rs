@@ -172,7 +172,11 @@ async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
             router
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small responses are written as several HTTP/2 frames; without TCP_NODELAY, Nagle
+    // holds the last one until the client's delayed ACK (~40 ms per call).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     let served = router
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
         .await;
