@@ -19,6 +19,23 @@ pub enum End<'a> {
     TableEnd,
 }
 
+/// Inclusive start and end bounds of a key range, as `BTreeMap::range` takes them.
+type KeyBounds<'s> = (Bound<&'s [u8]>, Bound<&'s [u8]>);
+
+impl<'a> End<'a> {
+    /// `[start, self)` as map range bounds; `None` when the range is empty.
+    fn bounds_from<'s>(self, start: &'s [u8]) -> Option<KeyBounds<'s>>
+    where
+        'a: 's,
+    {
+        match self {
+            End::Key(k) if k <= start => None,
+            End::Key(k) => Some((Bound::Included(start), Bound::Excluded(k))),
+            End::TableEnd => Some((Bound::Included(start), Bound::Unbounded)),
+        }
+    }
+}
+
 /// Read access to the latest live state of one table.
 pub trait KvRead {
     /// The live value of `key`, if any.
@@ -139,15 +156,10 @@ impl<R: KvRead> KvRead for Overlay<'_, R> {
         end: End<'_>,
         visit: &mut dyn FnMut(&[u8], &StoredValue) -> bool,
     ) -> Result<()> {
-        let upper = match end {
-            End::Key(k) if k <= start => return Ok(()),
-            End::Key(k) => Bound::Excluded(k),
-            End::TableEnd => Bound::Unbounded,
+        let Some(bounds) = end.bounds_from(start) else {
+            return Ok(());
         };
-        let mut pending = self
-            .writes
-            .range::<[u8], _>((Bound::Included(start), upper))
-            .peekable();
+        let mut pending = self.writes.range::<[u8], _>(bounds).peekable();
         let mut stopped = false;
         // Merge: before each base key, emit pending writes that sort before it; a pending
         // write of the same key replaces (or hides) the base version.
@@ -210,12 +222,10 @@ impl KvRead for MemView {
         end: End<'_>,
         visit: &mut dyn FnMut(&[u8], &StoredValue) -> bool,
     ) -> Result<()> {
-        let upper = match end {
-            End::Key(k) if k <= start => return Ok(()),
-            End::Key(k) => Bound::Excluded(k),
-            End::TableEnd => Bound::Unbounded,
+        let Some(bounds) = end.bounds_from(start) else {
+            return Ok(());
         };
-        for (k, v) in self.0.range::<[u8], _>((Bound::Included(start), upper)) {
+        for (k, v) in self.0.range::<[u8], _>(bounds) {
             if !visit(k, v) {
                 break;
             }
