@@ -80,14 +80,10 @@ async fn kill9_mid_load_keeps_every_acknowledged_write() {
         linearizable: true,
         ..Default::default()
     };
-    let mut ready = false;
-    for _ in 0..500 {
-        if kv.range(whole.clone()).await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ready = eventually(Duration::from_secs(10), async || {
+        kv.range(whole.clone()).await.is_ok()
+    })
+    .await;
     assert!(ready, "server serves reads after restart");
     let startup = restarted_at.elapsed();
     assert!(
