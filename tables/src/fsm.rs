@@ -71,7 +71,7 @@ impl TableFsm {
             }
         } else {
             match Command::decode(data) {
-                Ok(cmd) => execute(&cmd, index, &mut overlay, &mut next)?,
+                Ok(cmd) => execute(cmd, index, &mut overlay, &mut next)?,
                 Err(e) => {
                     tracing::error!(table = self.table_id, index, "undecodable command: {e}");
                     ApplyOutput {
@@ -104,8 +104,9 @@ impl TableFsm {
 }
 
 /// Applies `cmd` (raft `index`) to `view`, updating `state`'s leader index and GC horizon.
+/// Takes the command by value so keys and values move into the overlay uncopied.
 pub fn execute<R: KvRead>(
-    cmd: &Command,
+    cmd: Command,
     index: u64,
     view: &mut Overlay<'_, R>,
     state: &mut AppliedState,
@@ -126,7 +127,7 @@ pub fn execute<R: KvRead>(
         ..Default::default()
     };
     if cmd.r#type() == CommandType::Sequence {
-        for sub in &cmd.sequence {
+        for sub in cmd.sequence {
             let sub_out = execute(sub, index, view, state)?;
             out.revision = sub_out.revision;
             out.responses.extend(sub_out.responses);
@@ -147,21 +148,22 @@ pub fn execute<R: KvRead>(
         out.revision = li;
     }
     let rev = out.revision;
-    let kv = cmd.kv.clone().unwrap_or_default();
-    match cmd.r#type() {
+    let kind = cmd.r#type();
+    let kv = cmd.kv.unwrap_or_default();
+    match kind {
         CommandType::Put => {
             let prev = put(view, kv.key, kv.value, rev)?;
             out.responses.push(put_response(prev, cmd.prev_kvs));
         }
         CommandType::Delete => {
-            let end = cmd.range_end.clone().unwrap_or_default();
+            let end = cmd.range_end.unwrap_or_default();
             let deleted = delete(view, &kv.key, &end)?;
             out.responses
                 .push(delete_response(deleted, cmd.prev_kvs, cmd.count));
         }
         CommandType::PutBatch => {
-            for kv in &cmd.batch {
-                put(view, kv.key.clone(), kv.value.clone(), rev)?;
+            for kv in cmd.batch {
+                put(view, kv.key, kv.value, rev)?;
             }
         }
         CommandType::DeleteBatch => {
@@ -170,8 +172,8 @@ pub fn execute<R: KvRead>(
             }
         }
         CommandType::Txn => {
-            let txn = cmd.txn.clone().unwrap_or_default();
-            let (succeeded, responses) = execute_txn(view, &txn, rev)?;
+            let txn = cmd.txn.unwrap_or_default();
+            let (succeeded, responses) = execute_txn(view, txn, rev)?;
             out.succeeded = succeeded;
             out.responses = responses;
         }
@@ -249,7 +251,7 @@ fn delete_response(deleted: Vec<KeyValue>, prev_kv: bool, count: bool) -> Respon
 /// Evaluates the guard and runs the chosen branch; returns (guard result, responses).
 pub fn execute_txn<R: KvRead>(
     view: &mut Overlay<'_, R>,
-    txn: &Txn,
+    txn: Txn,
     rev: u64,
 ) -> Result<(bool, Vec<ResponseOp>)> {
     let mut succeeded = true;
@@ -259,11 +261,7 @@ pub fn execute_txn<R: KvRead>(
             break;
         }
     }
-    let ops = if succeeded {
-        &txn.success
-    } else {
-        &txn.failure
-    };
+    let ops = if succeeded { txn.success } else { txn.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         responses.push(execute_op(view, op, rev)?);
@@ -271,16 +269,12 @@ pub fn execute_txn<R: KvRead>(
     Ok((succeeded, responses))
 }
 
-fn execute_op<R: KvRead>(
-    view: &mut Overlay<'_, R>,
-    op: &RequestOp,
-    rev: u64,
-) -> Result<ResponseOp> {
-    Ok(match &op.request {
+fn execute_op<R: KvRead>(view: &mut Overlay<'_, R>, op: RequestOp, rev: u64) -> Result<ResponseOp> {
+    Ok(match op.request {
         Some(request_op::Request::RequestRange(r)) => {
             let query = RangeQuery {
-                key: r.key.clone(),
-                range_end: r.range_end.clone(),
+                key: r.key,
+                range_end: r.range_end,
                 limit: r.limit.max(0) as u64,
                 keys_only: r.keys_only,
                 // inside a Txn keys_only wins silently (WIRE.md §5.2)
@@ -297,7 +291,7 @@ fn execute_op<R: KvRead>(
             }
         }
         Some(request_op::Request::RequestPut(p)) => {
-            let prev = put(view, p.key.clone(), p.value.clone(), rev)?;
+            let prev = put(view, p.key, p.value, rev)?;
             put_response(prev, p.prev_kv)
         }
         Some(request_op::Request::RequestDeleteRange(d)) => {

@@ -109,7 +109,7 @@ impl Table {
         let (engine, id) = (self.engine.clone(), self.id());
         blocking(move || {
             let view = DbView::new(&engine, id);
-            execute_txn(&mut Overlay::new(&view), &txn, 0)
+            execute_txn(&mut Overlay::new(&view), txn, 0)
         })
         .await
     }
