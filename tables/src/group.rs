@@ -536,6 +536,12 @@ impl<M: StateMachine> RaftGroup<M> {
             };
             let output = self.machine.apply(entry.index, entry.term, data);
             let fatal = output.as_ref().err().map(|e| e.to_string());
+            if fatal.is_none() {
+                // Publish before answering the proposer: whoever it tells about the write
+                // must see it applied in Cluster/Status and in wait_applied.
+                self.status.applied.store(entry.index, Ordering::Relaxed);
+                self.applied_tx.send_replace(entry.index);
+            }
             let mut output = Some(output);
             while let Some(first) = self.proposals.first_entry() {
                 if *first.key() > entry.index {
@@ -554,7 +560,6 @@ impl<M: StateMachine> RaftGroup<M> {
             }
         }
         self.raw_node.advance_apply_to(last);
-        self.applied_tx.send_replace(last);
         self.maybe_compact(last)
     }
 
