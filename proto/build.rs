@@ -14,10 +14,13 @@ const PROTO_FILES: &[&str] = &[
     "replication.proto",
     "maintenance.proto",
 ];
+/// Internal node-to-node protocol: compiled like the others but kept out of the reflection
+/// descriptor set, which describes the public API only.
+const INTERNAL_PROTO_FILES: &[&str] = &["flotilla_raft.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_DIR}");
-    for file in PROTO_FILES {
+    for file in PROTO_FILES.iter().chain(INTERNAL_PROTO_FILES) {
         println!("cargo:rerun-if-changed={PROTO_DIR}/{file}");
     }
 
@@ -36,6 +39,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .emit_rerun_if_changed(false)
         .compile_fds(fds)?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .emit_rerun_if_changed(false)
+        .compile_fds(protox::compile(INTERNAL_PROTO_FILES, [PROTO_DIR])?)?;
 
     Ok(())
 }

@@ -74,6 +74,25 @@ pub mod maintenance {
     }
 }
 
+/// Package `flotilla.raft.v1`: node-to-node raft traffic inside one cluster (internal).
+pub mod flotilla {
+    /// Raft messages and snapshots between members (`flotilla_raft.proto`).
+    pub mod raft {
+        /// Version 1 of the internal protocol.
+        #[allow(
+            missing_docs,
+            unreachable_pub,
+            clippy::all,
+            clippy::pedantic,
+            clippy::nursery,
+            rust_2018_idioms
+        )]
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/flotilla.raft.v1.rs"));
+        }
+    }
+}
+
 /// Encoded `google.protobuf.FileDescriptorSet` of all Flotilla protos (including the
 /// `google/protobuf/struct.proto` dependency), for gRPC server reflection
 /// (`tonic_reflection::server::Builder::register_encoded_file_descriptor_set`).

@@ -202,4 +202,16 @@ impl StateMachine for CatalogMachine {
     fn applied_index(&self) -> u64 {
         self.state.index
     }
+
+    /// The catalog keeps its whole log (see `Node::open`), so a leader never needs to
+    /// send it as a snapshot; receiving one means a peer is misconfigured.
+    fn install_snapshot(
+        &mut self,
+        _snapshot: &raft::eraftpb::Snapshot,
+        _raft_state: WriteBatch,
+    ) -> Result<()> {
+        Err(Error::Unavailable(
+            "catalog snapshots are not supported; the catalog log is never compacted".into(),
+        ))
+    }
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBRawIteratorWithThreadMode, Options, ReadOptions, WriteBatch, WriteOptions,
+    DBRawIteratorWithThreadMode, IngestExternalFileOptions, Options, ReadOptions, WriteBatch,
+    WriteOptions,
 };
 
 use crate::error::{Error, Result};
@@ -89,6 +90,15 @@ impl Engine {
     /// A consistent point-in-time view of the whole database.
     pub fn snapshot(&self) -> rocksdb::SnapshotWithThreadMode<'_, DB> {
         self.db.snapshot()
+    }
+
+    /// Loads an SST file (written by `rocksdb::SstFileWriter`) into family `cf`. The file
+    /// is copied, not moved, so an interrupted install can be redone from it.
+    pub fn ingest(&self, cf: &str, path: &Path) -> Result<()> {
+        let opts = IngestExternalFileOptions::default();
+        self.db
+            .ingest_external_file_cf_opts(self.cf(cf), &opts, vec![path])?;
+        Ok(())
     }
 
     /// Removes every key of table `id` from every family and hints RocksDB to reclaim space.

@@ -6,12 +6,13 @@
 //! [`StateMachine`] on this task.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use raft::eraftpb::{Entry, EntryType, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, Ready, SnapshotStatus, StateRole};
+use rocksdb::WriteBatch;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -31,6 +32,10 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<Self::Output>;
     /// Index of the last applied entry (where replay starts after a restart).
     fn applied_index(&self) -> u64;
+    /// Replaces the whole state with a raft snapshot received from the leader. The
+    /// group's new raft state is in `raft_state`; it must become durable together with
+    /// whatever lets a crash mid-install be finished (see [`crate::snapshot`]).
+    fn install_snapshot(&mut self, snapshot: &Snapshot, raft_state: WriteBatch) -> Result<()>;
 }
 
 /// Timing and retention of a group.
@@ -44,8 +49,11 @@ pub struct GroupConfig {
     pub election_ticks: usize,
     /// Ticks between leader heartbeats.
     pub heartbeat_ticks: usize,
-    /// Applied entries kept in the log before compaction removes older ones.
+    /// Applied entries kept in the log before compaction removes older ones. A replica
+    /// that falls further behind catches up by snapshot.
     pub log_retention_entries: u64,
+    /// Approximate bytes of log kept, the other bound on retention (whichever is hit first).
+    pub log_retention_bytes: u64,
     /// Requests queued for a group before callers get `Unavailable`.
     pub mailbox_capacity: usize,
 }
@@ -58,6 +66,7 @@ impl Default for GroupConfig {
             election_ticks: 20,
             heartbeat_ticks: 1,
             log_retention_entries: 10_000,
+            log_retention_bytes: 64 << 20,
             mailbox_capacity: 4096,
         }
     }
@@ -78,6 +87,8 @@ pub struct GroupStatus {
     pub first_index: AtomicU64,
     /// Last index in the log.
     pub last_index: AtomicU64,
+    /// Raft snapshots this replica installed since it started.
+    pub snapshots_installed: AtomicU64,
 }
 
 enum Request<O> {
@@ -89,6 +100,17 @@ enum Request<O> {
         reply: oneshot::Sender<Result<u64>>,
     },
     Step(Box<Message>),
+    /// The transport could not reach `peer`.
+    Unreachable {
+        peer: u64,
+    },
+    /// A snapshot stream to `peer` finished (`ok`) or failed.
+    SnapshotSent {
+        peer: u64,
+        ok: bool,
+    },
+    /// Start an election now instead of after the election timeout.
+    Campaign,
 }
 
 /// Handle to a running group; cheap to clone.
@@ -127,6 +149,11 @@ impl<O: Send + 'static> GroupHandle<O> {
     /// Raft status as last published by the group task.
     pub fn status(&self) -> &GroupStatus {
         &self.status
+    }
+
+    /// A shared handle on the status, for holders that outlive this handle's borrow.
+    pub fn status_handle(&self) -> Arc<GroupStatus> {
+        self.status.clone()
     }
 
     fn send(&self, req: Request<O>) -> Result<()> {
@@ -171,6 +198,22 @@ impl<O: Send + 'static> GroupHandle<O> {
     /// Feeds a raft message from a peer into the group.
     pub fn step(&self, msg: Message) -> Result<()> {
         self.send(Request::Step(Box::new(msg)))
+    }
+
+    /// Tells raft that messages to `peer` could not be delivered.
+    pub fn report_unreachable(&self, peer: u64) -> Result<()> {
+        self.send(Request::Unreachable { peer })
+    }
+
+    /// Starts an election at once: the node that created a table leads it right away
+    /// instead of every replica waiting out an election timeout.
+    pub fn campaign(&self) -> Result<()> {
+        self.send(Request::Campaign)
+    }
+
+    /// Tells raft how sending a snapshot to `peer` ended.
+    pub fn report_snapshot(&self, peer: u64, ok: bool) -> Result<()> {
+        self.send(Request::SnapshotSent { peer, ok })
     }
 
     /// Resolves once the group task has exited (stopped, or failed).
@@ -271,11 +314,14 @@ pub fn spawn<M: StateMachine>(
         log_writer,
         transport,
         metrics,
-        proposals: BTreeMap::new(),
+        proposals: HashMap::new(),
+        proposed_at: BTreeMap::new(),
+        next_proposal: 0,
         waiting: VecDeque::new(),
         reads: HashMap::new(),
-        reads_before_commit: VecDeque::new(),
+        unissued_reads: VecDeque::new(),
         next_read: 0,
+        ticks: 0,
         in_flight: VecDeque::new(),
         status,
         applied_tx,
@@ -294,6 +340,54 @@ pub fn spawn<M: StateMachine>(
 
 type Reply<O> = oneshot::Sender<Result<O>>;
 
+/// A value unique to this process, in every proposal's context: a restarted node must not
+/// mistake an entry proposed by its previous incarnation (replayed from the log) for one
+/// of its own current proposals.
+static INCARNATION: LazyLock<u64> = LazyLock::new(|| {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 40)
+});
+
+/// Who proposed an entry, carried in the entry's context. The replica that proposed it
+/// (leader or not: followers forward proposals to the leader inside raft) answers its
+/// caller when it applies the entry, with its own state machine's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProposalId {
+    node: u64,
+    incarnation: u64,
+    seq: u64,
+}
+
+impl ProposalId {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(&self.node.to_be_bytes());
+        out.extend_from_slice(&self.incarnation.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out
+    }
+
+    fn decode(ctx: &[u8]) -> Option<Self> {
+        if ctx.len() != 24 {
+            return None;
+        }
+        Some(Self {
+            node: crate::keys::decode_u64(&ctx[..8])?,
+            incarnation: crate::keys::decode_u64(&ctx[8..16])?,
+            seq: crate::keys::decode_u64(&ctx[16..])?,
+        })
+    }
+}
+
+/// A linearizable read waiting for raft's read index.
+struct PendingRead {
+    reply: oneshot::Sender<Result<u64>>,
+    /// Tick at which it was last handed to raft (`None`: not yet).
+    issued_at: Option<u64>,
+}
+
 struct RaftGroup<M: StateMachine> {
     id: u64,
     config: GroupConfig,
@@ -305,16 +399,21 @@ struct RaftGroup<M: StateMachine> {
     log_writer: LogWriter,
     transport: Arc<dyn Transport>,
     metrics: GroupMetrics,
-    /// Proposals in the log, by index, with the term they were proposed in.
-    proposals: BTreeMap<u64, (u64, Reply<M::Output>)>,
-    /// Requests that arrived while no leader was known.
+    /// Proposals made on this replica and not yet applied, by sequence number.
+    proposals: HashMap<u64, Reply<M::Output>>,
+    /// Index and term of proposals appended while this replica led, by index: if another
+    /// entry is applied there, the proposal was overwritten and its caller is told so.
+    proposed_at: BTreeMap<u64, (u64, u64)>,
+    next_proposal: u64,
+    /// Proposals that arrived while no leader was known.
     waiting: VecDeque<Request<M::Output>>,
-    /// ReadIndex requests handed to raft, by context id.
-    reads: HashMap<u64, oneshot::Sender<Result<u64>>>,
-    /// ReadIndex requests held until this leader has committed an entry in its term:
-    /// raft-rs silently drops earlier ones.
-    reads_before_commit: VecDeque<oneshot::Sender<Result<u64>>>,
+    /// Linearizable reads, by context id.
+    reads: HashMap<u64, PendingRead>,
+    /// Reads to hand to raft as soon as it can take them (in arrival order).
+    unissued_reads: VecDeque<u64>,
     next_read: u64,
+    /// Ticks since start; the clock for read retries.
+    ticks: u64,
     /// Readies handed to the log writer: (number, last entry index, messages to send
     /// once durable).
     in_flight: VecDeque<(u64, u64, Vec<Message>)>,
@@ -326,6 +425,11 @@ struct RaftGroup<M: StateMachine> {
 
 /// Longest wait for raft to answer a ReadIndex.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ticks before an unanswered read index is asked again: raft drops such requests
+/// silently when leadership moves or a message is lost.
+const READ_RETRY_TICKS: u64 = 10;
+/// Ticks between sweeps that forget requests whose callers gave up.
+const SWEEP_TICKS: u64 = 20;
 /// Most requests taken from the mailbox before handling a Ready: bounds latency while
 /// still batching proposals into one log write.
 const MAX_REQUESTS_PER_READY: usize = 1024;
@@ -357,9 +461,7 @@ impl<M: StateMachine> RaftGroup<M> {
                         }
                     }
                 }
-                _ = ticker.tick() => {
-                    self.raw_node.tick();
-                }
+                _ = ticker.tick() => self.on_tick(),
             }
             if let Err(e) = self.on_ready() {
                 tracing::error!("group stopped: {e}");
@@ -383,60 +485,137 @@ impl<M: StateMachine> RaftGroup<M> {
         self.raw_node.raft.leader_id
     }
 
-    fn on_request(&mut self, req: Request<M::Output>) {
-        match req {
-            Request::Step(msg) => {
-                if let Err(e) = self.raw_node.step(*msg) {
-                    tracing::debug!("step: {e}");
+    fn on_tick(&mut self) {
+        self.raw_node.tick();
+        self.ticks += 1;
+        if self.ticks % READ_RETRY_TICKS == 0 {
+            let now = self.ticks;
+            for (ctx, read) in &mut self.reads {
+                if read
+                    .issued_at
+                    .is_some_and(|at| now - at >= READ_RETRY_TICKS)
+                {
+                    read.issued_at = None;
+                    self.unissued_reads.push_back(*ctx);
                 }
             }
-            Request::Propose { .. } | Request::ReadIndex { .. } if self.leader() == 0 => {
+        }
+        if self.ticks % SWEEP_TICKS == 0 {
+            self.proposals.retain(|_, reply| !reply.is_closed());
+            self.reads.retain(|_, read| !read.reply.is_closed());
+        }
+    }
+
+    fn on_request(&mut self, req: Request<M::Output>) {
+        match req {
+            Request::Step(msg) => self.step(*msg),
+            Request::Unreachable { peer } => self.raw_node.report_unreachable(peer),
+            Request::Campaign => {
+                if self.leader() == 0
+                    && let Err(e) = self.raw_node.campaign()
+                {
+                    tracing::debug!("campaign: {e}");
+                }
+            }
+            Request::SnapshotSent { peer, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw_node.report_snapshot(peer, status);
+            }
+            Request::ReadIndex { reply } => {
+                self.next_read += 1;
+                let ctx = self.next_read;
+                self.reads.insert(
+                    ctx,
+                    PendingRead {
+                        reply,
+                        issued_at: None,
+                    },
+                );
+                self.unissued_reads.push_back(ctx);
+                self.release_reads();
+            }
+            Request::Propose { .. } if self.leader() == 0 => {
                 if self.waiting.len() >= MAX_WAITING {
                     reject(req, Error::Unavailable("no leader".into()));
                 } else {
                     self.waiting.push_back(req);
                 }
             }
-            Request::Propose { .. } | Request::ReadIndex { .. }
-                if self.leader() != self.config.node_id =>
-            {
-                // Forwarding to the leader node arrives with the node-to-node transport.
-                reject(req, Error::Unavailable("not leader".into()));
-            }
-            Request::Propose { data, reply } => {
-                self.metrics.proposals.inc();
-                match self.raw_node.propose(Vec::new(), data) {
-                    Ok(()) => {
-                        let index = self.raw_node.raft.raft_log.last_index();
-                        let term = self.raw_node.raft.term;
-                        self.proposals.insert(index, (term, reply));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(Error::from(e)));
-                    }
-                }
-            }
-            Request::ReadIndex { reply } => {
-                self.reads_before_commit.push_back(reply);
-                self.release_reads();
+            Request::Propose { data, reply } => self.propose(data, reply),
+        }
+    }
+
+    fn step(&mut self, msg: Message) {
+        let snapshot = (msg.get_msg_type() == MessageType::MsgSnapshot).then(|| {
+            (
+                msg.get_snapshot().get_metadata().index,
+                msg.get_snapshot().data.clone(),
+            )
+        });
+        if let Err(e) = self.raw_node.step(msg) {
+            tracing::debug!("step: {e}");
+        }
+        if let Some((index, data)) = snapshot {
+            let taken = self
+                .raw_node
+                .raft
+                .raft_log
+                .unstable_snapshot()
+                .as_ref()
+                .is_some_and(|s| s.get_metadata().index == index && s.data == data);
+            if !taken {
+                crate::snapshot::discard(&data);
             }
         }
     }
 
-    /// Hands held ReadIndex requests to raft once it can answer them.
+    /// Proposes on this replica; raft forwards the entry to the leader if that is not us.
+    fn propose(&mut self, data: Vec<u8>, reply: Reply<M::Output>) {
+        self.metrics.proposals.inc();
+        self.next_proposal += 1;
+        let id = ProposalId {
+            node: self.config.node_id,
+            incarnation: *INCARNATION,
+            seq: self.next_proposal,
+        };
+        let leading = self.raw_node.raft.state == StateRole::Leader;
+        let last_before = self.raw_node.raft.raft_log.last_index();
+        match self.raw_node.propose(id.encode(), data) {
+            Ok(()) => {
+                let index = self.raw_node.raft.raft_log.last_index();
+                if leading && index > last_before {
+                    self.proposed_at
+                        .insert(index, (self.raw_node.raft.term, id.seq));
+                }
+                self.proposals.insert(id.seq, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::from(e)));
+            }
+        }
+    }
+
+    /// Hands waiting reads to raft once it can answer them: a follower needs to know
+    /// the leader; a leader must have committed an entry in its term (raft-rs silently
+    /// drops earlier ones).
     fn release_reads(&mut self) {
         let raft = &self.raw_node.raft;
-        if self.reads_before_commit.is_empty()
-            || raft.state != StateRole::Leader
-            || !raft.commit_to_current_term()
+        if self.unissued_reads.is_empty()
+            || raft.leader_id == 0
+            || (raft.state == StateRole::Leader && !raft.commit_to_current_term())
         {
             return;
         }
-        while let Some(reply) = self.reads_before_commit.pop_front() {
-            self.next_read += 1;
-            self.reads.insert(self.next_read, reply);
-            self.raw_node
-                .read_index(self.next_read.to_be_bytes().to_vec());
+        while let Some(ctx) = self.unissued_reads.pop_front() {
+            let Some(read) = self.reads.get_mut(&ctx) else {
+                continue;
+            };
+            read.issued_at = Some(self.ticks);
+            self.raw_node.read_index(ctx.to_be_bytes().to_vec());
         }
     }
 
@@ -459,66 +638,120 @@ impl<M: StateMachine> RaftGroup<M> {
             if !self.raw_node.has_ready() {
                 break;
             }
+            if self.raw_node.raft.raft_log.unstable_snapshot().is_some()
+                && !self.in_flight.is_empty()
+            {
+                // Installing replaces the log: first let earlier log writes land, so none
+                // of them is written after (and on top of) the snapshot.
+                break;
+            }
             let mut rd = self.raw_node.ready();
             self.transport.send(self.id, rd.take_messages());
+            let role_change = rd.ss().map(|ss| ss.leader_id);
+            self.answer_reads(&mut rd);
             if !rd.snapshot().is_empty() {
-                return Err(Error::Unavailable(
-                    "raft snapshot install is not supported yet".into(),
-                ));
-            }
-            let role_change = rd.ss().map(|ss| (ss.leader_id, ss.raft_state));
-            for rs in rd.take_read_states() {
-                let id = keys_u64(&rs.request_ctx);
-                if let Some(reply) = self.reads.remove(&id) {
-                    let _ = reply.send(Ok(rs.index));
-                }
-            }
-            self.apply(rd.take_committed_entries())?;
-            let entries = rd.take_entries();
-            let last = entries.last().map(|e| e.index);
-            let mut write = self.raw_node.mut_store().stage(&entries, rd.hs())?;
-            write.sync = rd.must_sync();
-            let persisted_msgs = rd.take_persisted_messages();
-            let number = rd.number();
-            self.raw_node.advance_append_async(rd);
-            if write.is_empty() && self.in_flight.is_empty() {
-                self.transport.send(self.id, persisted_msgs);
-                self.raw_node.on_persist_ready(number);
+                self.install_snapshot(rd)?;
             } else {
-                let durable = last.unwrap_or(self.durable_index);
-                self.in_flight.push_back((number, durable, persisted_msgs));
-                let tx = self.events_tx.clone();
-                self.log_writer.submit(
-                    write,
-                    Box::new(move |result| {
-                        let _ = tx.send(Event::Persisted { number, result });
-                    }),
-                );
+                self.apply(rd.take_committed_entries())?;
+                self.persist(rd)?;
             }
-            if let Some((leader, role)) = role_change {
-                self.on_role_change(leader, role);
+            if let Some(leader) = role_change {
+                self.on_leader_change(leader);
             }
         }
         self.publish_status();
         Ok(())
     }
 
-    fn on_role_change(&mut self, leader: u64, role: StateRole) {
-        if role != StateRole::Leader {
-            // Our in-log proposals may still commit under the new leader, but we can no
-            // longer tell the proposer when: their outcome is unknown to us.
-            for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
-                let _ = reply.send(Err(Error::ProposalDropped));
-            }
-            let held = std::mem::take(&mut self.reads_before_commit);
-            for reply in self.reads.drain().map(|(_, r)| r).chain(held) {
-                let _ = reply.send(Err(Error::Unavailable("leadership changed".into())));
+    fn answer_reads(&mut self, rd: &mut Ready) {
+        for rs in rd.take_read_states() {
+            let ctx = keys_u64(&rs.request_ctx);
+            if let Some(read) = self.reads.remove(&ctx) {
+                let _ = read.reply.send(Ok(rs.index));
             }
         }
+    }
+
+    /// Hands a Ready's entries and hard state to the log writer (asynchronous ready).
+    fn persist(&mut self, mut rd: Ready) -> Result<()> {
+        let entries = rd.take_entries();
+        let last = entries.last().map(|e| e.index);
+        let mut write = self.raw_node.mut_store().stage(&entries, rd.hs())?;
+        write.sync = rd.must_sync();
+        let persisted_msgs = rd.take_persisted_messages();
+        let number = rd.number();
+        self.raw_node.advance_append_async(rd);
+        if write.is_empty() && self.in_flight.is_empty() {
+            self.transport.send(self.id, persisted_msgs);
+            self.raw_node.on_persist_ready(number);
+        } else {
+            let durable = last.unwrap_or(self.durable_index);
+            self.in_flight.push_back((number, durable, persisted_msgs));
+            let tx = self.events_tx.clone();
+            self.log_writer.submit(
+                write,
+                Box::new(move |result| {
+                    let _ = tx.send(Event::Persisted { number, result });
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// Installs the snapshot of a Ready (nothing else of this group is in flight): raft
+    /// state, entries and hard state are written synchronously with the state machine's
+    /// install, then raft learns it is persisted and applied.
+    fn install_snapshot(&mut self, mut rd: Ready) -> Result<()> {
+        let snapshot = rd.snapshot().clone();
+        let index = snapshot.get_metadata().index;
+        tracing::info!(
+            index,
+            term = snapshot.get_metadata().term,
+            "installing snapshot"
+        );
+        let mut batch = WriteBatch::default();
+        let store = self.raw_node.mut_store();
+        store.stage_snapshot(&mut batch, snapshot.get_metadata())?;
+        let entries = rd.take_entries();
+        let write = store.stage(&entries, rd.hs())?;
+        write.add_to(store.engine(), &mut batch);
+        self.machine.install_snapshot(&snapshot, batch)?;
+        let persisted_msgs = rd.take_persisted_messages();
+        let number = rd.number();
+        self.raw_node.advance_append_async(rd);
+        self.durable_index = self.raw_node.store().last_log_index();
+        self.transport.send(self.id, persisted_msgs);
+        self.raw_node.on_persist_ready(number);
+        self.raw_node.advance_apply_to(index);
+        self.status.applied.store(index, Ordering::Relaxed);
+        self.status
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        self.applied_tx.send_replace(index);
+        // Entries this replica proposed up to here were applied inside the snapshot; what
+        // they returned is not known here.
+        let covered: Vec<u64> = self.proposed_at.range(..=index).map(|(i, _)| *i).collect();
+        for i in covered {
+            if let Some((_, seq)) = self.proposed_at.remove(&i)
+                && let Some(reply) = self.proposals.remove(&seq)
+            {
+                let _ = reply.send(Err(Error::ProposalDropped));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_leader_change(&mut self, leader: u64) {
         if leader != 0 {
             let waiting = std::mem::take(&mut self.waiting);
             for req in waiting {
                 self.on_request(req);
+            }
+        }
+        // A read raft was working on as leader is lost with the role; ask again.
+        for (ctx, read) in &mut self.reads {
+            if read.issued_at.take().is_some() {
+                self.unissued_reads.push_back(*ctx);
             }
         }
     }
@@ -542,18 +775,25 @@ impl<M: StateMachine> RaftGroup<M> {
                 self.status.applied.store(entry.index, Ordering::Relaxed);
                 self.applied_tx.send_replace(entry.index);
             }
-            let mut output = Some(output);
-            while let Some(first) = self.proposals.first_entry() {
+            let mine = ProposalId::decode(&entry.context)
+                .filter(|id| id.node == self.config.node_id && id.incarnation == *INCARNATION);
+            if let Some(id) = mine
+                && let Some(reply) = self.proposals.remove(&id.seq)
+            {
+                let _ = reply.send(output);
+            }
+            // Proposals this replica appended as leader at or before this index and not
+            // answered above were overwritten by another leader's entries.
+            while let Some(first) = self.proposed_at.first_entry() {
                 if *first.key() > entry.index {
                     break;
                 }
-                let (index, (term, reply)) = first.remove_entry();
-                let result = if index == entry.index && term == entry.term {
-                    output.take().unwrap_or(Err(Error::ProposalDropped))
-                } else {
-                    Err(Error::ProposalDropped)
-                };
-                let _ = reply.send(result);
+                let (_, (_, seq)) = first.remove_entry();
+                if mine.is_none_or(|id| id.seq != seq)
+                    && let Some(reply) = self.proposals.remove(&seq)
+                {
+                    let _ = reply.send(Err(Error::ProposalDropped));
+                }
             }
             if let Some(e) = fatal {
                 return Err(Error::Unavailable(format!("apply failed: {e}")));
@@ -566,11 +806,22 @@ impl<M: StateMachine> RaftGroup<M> {
     fn maybe_compact(&mut self, applied: u64) -> Result<()> {
         let store = self.raw_node.mut_store();
         store.trim_tail(applied.min(self.durable_index));
-        let retain = self.config.log_retention_entries;
         let first = store.first_log_index();
+        let retain = self.config.log_retention_entries;
         // Compact in steps of a tenth of the retention, not on every entry.
-        if applied > first + retain + retain / 10 {
-            store.compact(applied - retain)?;
+        let mut target = 0;
+        if applied > first.saturating_add(retain).saturating_add(retain / 10) {
+            target = applied - retain;
+        }
+        let retain_bytes = self.config.log_retention_bytes;
+        let bytes = store.log_bytes();
+        if bytes > retain_bytes.saturating_add(retain_bytes / 10) {
+            let held = store.last_log_index().saturating_sub(first) + 1;
+            let average = (bytes / held).max(1);
+            target = target.max(applied.saturating_sub(retain_bytes / average));
+        }
+        if target >= first {
+            store.compact(target)?;
         }
         Ok(())
     }
@@ -590,12 +841,12 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn fail_all(&mut self, err: impl Fn() -> Error) {
-        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+        for (_, reply) in self.proposals.drain() {
             let _ = reply.send(Err(err()));
         }
-        let held = std::mem::take(&mut self.reads_before_commit);
-        for reply in self.reads.drain().map(|(_, r)| r).chain(held) {
-            let _ = reply.send(Err(err()));
+        self.proposed_at.clear();
+        for (_, read) in self.reads.drain() {
+            let _ = read.reply.send(Err(err()));
         }
         for req in std::mem::take(&mut self.waiting) {
             reject(req, err());
@@ -615,7 +866,10 @@ fn reject<O>(req: Request<O>, err: Error) {
         Request::ReadIndex { reply } => {
             let _ = reply.send(Err(err));
         }
-        Request::Step(_) => {}
+        Request::Step(_)
+        | Request::Unreachable { .. }
+        | Request::SnapshotSent { .. }
+        | Request::Campaign => {}
     }
 }
 

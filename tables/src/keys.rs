@@ -14,6 +14,7 @@
 //! | meta   | `id ++ 0x02`                          | raft `ConfState` (protobuf)    |
 //! | meta   | `CATALOG_ID ++ 0x10 ++ name`          | table id (be)                  |
 //! | meta   | `CATALOG_ID ++ 0x11 ++ id(be)`        | empty: a dropped table whose data still has to be removed |
+//! | meta   | `CATALOG_ID ++ 0x12 ++ id(be)`        | a raft snapshot of table `id` being installed (redone at start) |
 
 /// Column family holding user keys and values.
 pub const CF_DATA: &str = "data";
@@ -34,6 +35,7 @@ const META_APPLIED: u8 = 0x01;
 const META_CONF_STATE: u8 = 0x02;
 const META_CATALOG_TABLE: u8 = 0x10;
 const META_CATALOG_DROPPED: u8 = 0x11;
+const META_SNAPSHOT_INSTALL: u8 = 0x12;
 
 fn with_id(id: u64, extra: usize) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + extra);
@@ -128,6 +130,23 @@ pub fn catalog_dropped_prefix() -> Vec<u8> {
     suffixed(CATALOG_ID, META_CATALOG_DROPPED)
 }
 
+/// Meta-family key marking a raft snapshot of table `id` whose data is being installed.
+pub fn snapshot_install_key(id: u64) -> Vec<u8> {
+    let mut key = suffixed(CATALOG_ID, META_SNAPSHOT_INSTALL);
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Prefix of all snapshot-install markers.
+pub fn snapshot_install_prefix() -> Vec<u8> {
+    suffixed(CATALOG_ID, META_SNAPSHOT_INSTALL)
+}
+
+/// The table id inside a dropped or snapshot-install marker key.
+pub fn marker_id(key: &[u8]) -> Option<u64> {
+    decode_u64(key.get(9..)?)
+}
+
 fn suffixed(id: u64, tag: u8) -> Vec<u8> {
     let mut key = with_id(id, 1);
     key.push(tag);
@@ -179,5 +198,9 @@ mod tests {
         assert!(k >= table_start(CATALOG_ID) && k < table_end(CATALOG_ID));
         assert!(catalog_dropped_key(5) < prefix_end(&catalog_dropped_prefix()));
         assert!(catalog_table_key(b"t") < prefix_end(&catalog_table_prefix()));
+        let m = snapshot_install_key(77);
+        assert!(m >= snapshot_install_prefix() && m < prefix_end(&snapshot_install_prefix()));
+        assert_eq!(marker_id(&m), Some(77));
+        assert_eq!(marker_id(&catalog_dropped_key(5)), Some(5));
     }
 }

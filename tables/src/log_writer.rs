@@ -35,6 +35,17 @@ impl LogWrite {
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty() && self.delete_range.is_none()
     }
+
+    /// Adds this write to `batch` (the range delete first, so puts inside it survive).
+    pub fn add_to(&self, engine: &Engine, batch: &mut WriteBatch) {
+        let cf = engine.cf(keys::CF_RAFT);
+        if let Some((start, end)) = &self.delete_range {
+            batch.delete_range_cf(cf, start, end);
+        }
+        for (k, v) in &self.puts {
+            batch.put_cf(cf, k, v);
+        }
+    }
 }
 
 /// Called once the write is durable (or failed); runs on the log writer thread, so it
@@ -175,15 +186,9 @@ fn write_round(engine: &Engine, metrics: &LogWriterMetrics, reqs: &[Request]) ->
     if reqs.iter().all(|r| r.write.is_empty()) {
         return Ok(());
     }
-    let cf = engine.cf(keys::CF_RAFT);
     let mut batch = WriteBatch::default();
     for req in reqs {
-        if let Some((start, end)) = &req.write.delete_range {
-            batch.delete_range_cf(cf, start, end);
-        }
-        for (k, v) in &req.write.puts {
-            batch.put_cf(cf, k, v);
-        }
+        req.write.add_to(engine, &mut batch);
     }
     if !reqs.iter().any(|r| r.write.sync) {
         return engine.write(batch, false);

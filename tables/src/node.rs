@@ -19,8 +19,13 @@ use crate::keys::{self, CATALOG_ID};
 use crate::log_writer::{LogWriter, LogWriterMetrics};
 use crate::metrics::TablesMetrics;
 use crate::raft_storage::{self, RaftStorage};
+use crate::router::Router;
+use crate::snapshot;
 use crate::table::{Table, TableMachine};
 use crate::transport::Transport;
+
+/// Directory under the data dir where received snapshots are staged.
+const SNAPSHOT_DIR: &str = "snapshots";
 
 /// How to open a node.
 #[derive(Debug, Clone)]
@@ -44,6 +49,10 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     cancel: CancellationToken,
     tables: DashMap<String, (Table, CancellationToken)>,
+    router: Router,
+    /// Raft status of the catalog group, set once it starts: the node leading the catalog
+    /// starts the election of each table it creates.
+    catalog_status: std::sync::OnceLock<Arc<group::GroupStatus>>,
 }
 
 /// Listener given to the catalog machine; weak so the catalog does not keep the node alive.
@@ -54,8 +63,17 @@ impl CatalogListener for Listener {
         let Some(shared) = self.0.upgrade() else {
             return;
         };
-        if let Err(e) = shared.open_table(id, name) {
-            tracing::error!(table = name, id, "cannot start created table: {e}");
+        match shared.open_table(id, name) {
+            Ok(table) => {
+                let leads_catalog = shared.catalog_status.get().is_some_and(|s| {
+                    s.leader.load(std::sync::atomic::Ordering::Relaxed)
+                        == shared.config.group.node_id
+                });
+                if leads_catalog && shared.config.voters.len() > 1 {
+                    let _ = table.campaign();
+                }
+            }
+            Err(e) => tracing::error!(table = name, id, "cannot start created table: {e}"),
         }
     }
 
@@ -67,6 +85,7 @@ impl CatalogListener for Listener {
         let Some((_, (table, cancel))) = shared.tables.remove(name) else {
             return;
         };
+        shared.router.unregister(id);
         cancel.cancel();
         let engine = shared.engine.clone();
         shared.runtime.spawn(async move {
@@ -86,7 +105,7 @@ impl CatalogListener for Listener {
 }
 
 impl Shared {
-    fn open_table(&self, id: u64, name: &str) -> Result<()> {
+    fn open_table(&self, id: u64, name: &str) -> Result<GroupHandle<crate::fsm::ApplyOutput>> {
         let storage = RaftStorage::load(self.engine.clone(), id)?;
         let machine = TableMachine::load(self.engine.clone(), id)?;
         let cancel = self.cancel.child_token();
@@ -104,9 +123,10 @@ impl Shared {
             },
             &self.runtime,
         )?;
-        let table = Table::new(name.to_owned(), handle, self.engine.clone());
+        self.router.register(id, Arc::new(handle.clone()));
+        let table = Table::new(name.to_owned(), handle.clone(), self.engine.clone());
         self.tables.insert(name.to_owned(), (table, cancel));
-        Ok(())
+        Ok(handle)
     }
 }
 
@@ -143,6 +163,8 @@ impl Node {
             tracing::info!(id, "erasing table dropped before the last stop");
             catalog::erase_dropped(&engine, id)?;
         }
+        let snapshot_dir = config.data_dir.join(SNAPSHOT_DIR);
+        snapshot::redo_installs(&engine, &snapshot_dir)?;
         let metrics_err = |e: prometheus::Error| Error::Unavailable(format!("metrics: {e}"));
         let metrics = TablesMetrics::new(registry).map_err(metrics_err)?;
         let lw_metrics = LogWriterMetrics::new(registry).map_err(metrics_err)?;
@@ -171,7 +193,10 @@ impl Node {
             runtime: runtime.handle().clone(),
             cancel: CancellationToken::new(),
             tables: DashMap::new(),
+            router: Router::new(config.group.node_id, engine.clone(), snapshot_dir),
+            catalog_status: std::sync::OnceLock::new(),
         });
+        transport.attach(shared.router.clone());
         for (name, id) in catalog::list(&engine)? {
             shared.open_table(id, &name)?;
         }
@@ -180,11 +205,19 @@ impl Node {
             config.voters.clone(),
             Arc::new(Listener(Arc::downgrade(&shared))),
         )?;
+        // The catalog keeps its whole log: it is small (one entry per create or drop), and
+        // a replica that joins late rebuilds its tables by replaying it, which a catalog
+        // snapshot would have to do by reconciling table sets instead.
+        let catalog_config = GroupConfig {
+            log_retention_entries: u64::MAX,
+            log_retention_bytes: u64::MAX,
+            ..config.group.clone()
+        };
         let catalog = group::spawn(
             GroupParts {
                 id: CATALOG_ID,
                 name: "__catalog".into(),
-                config: config.group.clone(),
+                config: catalog_config,
                 storage: RaftStorage::load(engine, CATALOG_ID)?,
                 machine,
                 log_writer,
@@ -194,6 +227,10 @@ impl Node {
             },
             runtime.handle(),
         )?;
+        shared
+            .router
+            .register(CATALOG_ID, Arc::new(catalog.clone()));
+        let _ = shared.catalog_status.set(catalog.status_handle());
         Ok(Self {
             shared,
             catalog,
@@ -252,6 +289,16 @@ impl Node {
     /// table lookups reflect every acknowledged create and drop.
     pub async fn catalog_barrier(&self) -> Result<()> {
         self.catalog.read_barrier().await
+    }
+
+    /// Where raft traffic from peers enters this node (for the transport's server side).
+    pub fn router(&self) -> Router {
+        self.shared.router.clone()
+    }
+
+    /// Raft status of the catalog group on this node.
+    pub fn catalog_status(&self) -> &group::GroupStatus {
+        self.catalog.status()
     }
 
     /// The node's raft id.

@@ -8,10 +8,11 @@
 use std::collections::VecDeque;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use rocksdb::WriteBatch;
 
+use crate::applied::AppliedState;
 use crate::engine::{Engine, iter_status};
 use crate::error::{Error, Result};
 use crate::keys;
@@ -28,6 +29,9 @@ pub struct RaftStorage {
     last_index: u64,
     /// Entries not yet known durable or applied, contiguous, ending at `last_index`.
     tail: VecDeque<Entry>,
+    /// Approximate encoded size of the entries in the log (exact after load; removals
+    /// are estimated at the average entry size), for byte-based retention.
+    log_bytes: u64,
 }
 
 impl std::fmt::Debug for RaftStorage {
@@ -80,15 +84,18 @@ impl RaftStorage {
             _ => (0, 0),
         };
         let mut last_index = truncated.0;
+        let mut log_bytes = 0u64;
         {
             let start = keys::raft_log_key(id, 0);
             let end = keys::raft_log_key(id, u64::MAX);
             let mut iter = engine.iter(keys::CF_RAFT, start, end);
-            iter.seek_to_last();
-            if iter.valid()
-                && let Some(i) = iter.key().and_then(keys::raft_log_index)
-            {
-                last_index = last_index.max(i);
+            iter.seek_to_first();
+            while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+                if let Some(i) = keys::raft_log_index(k) {
+                    last_index = last_index.max(i);
+                }
+                log_bytes += v.len() as u64;
+                iter.next();
             }
             iter_status(&iter)?;
         }
@@ -100,7 +107,56 @@ impl RaftStorage {
             truncated,
             last_index,
             tail: VecDeque::new(),
+            log_bytes,
         })
+    }
+
+    /// The engine the log lives in.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Approximate bytes of log entries held (see the field).
+    pub fn log_bytes(&self) -> u64 {
+        self.log_bytes
+    }
+
+    fn average_entry_bytes(&self) -> u64 {
+        let count = self.last_index.saturating_sub(self.truncated.0).max(1);
+        self.log_bytes / count
+    }
+
+    /// Adds to `batch` the raft state a received snapshot leaves behind (no entries, the
+    /// log truncated at the snapshot, its conf state) and adopts it in memory at once, as
+    /// raft-rs reads storage before the write is acknowledged.
+    pub fn stage_snapshot(
+        &mut self,
+        batch: &mut WriteBatch,
+        meta: &SnapshotMetadata,
+    ) -> Result<()> {
+        let raft = self.engine.cf(keys::CF_RAFT);
+        batch.delete_range_cf(
+            raft,
+            keys::raft_log_key(self.id, 0),
+            keys::raft_log_key(self.id, u64::MAX),
+        );
+        batch.put_cf(
+            raft,
+            keys::truncated_key(self.id),
+            encode_truncated(meta.index, meta.term),
+        );
+        batch.put_cf(
+            self.engine.cf(keys::CF_META),
+            keys::conf_state_key(self.id),
+            meta.get_conf_state().write_to_bytes()?,
+        );
+        self.truncated = (meta.index, meta.term);
+        self.last_index = meta.index;
+        self.tail.clear();
+        self.log_bytes = 0;
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        Ok(())
     }
 
     /// Raises the stored commit index to at least `applied`. The applied state and a
@@ -136,6 +192,12 @@ impl RaftStorage {
                 self.tail.clear();
             }
             let new_last = entries.last().map_or(first_index, |e| e.index);
+            if first_index <= self.last_index {
+                let replaced = self.last_index + 1 - first_index;
+                self.log_bytes = self
+                    .log_bytes
+                    .saturating_sub(replaced * self.average_entry_bytes());
+            }
             if new_last < self.last_index {
                 write.delete_range = Some((
                     keys::raft_log_key(self.id, new_last + 1),
@@ -143,9 +205,11 @@ impl RaftStorage {
                 ));
             }
             for e in entries {
+                let bytes = e.write_to_bytes()?;
+                self.log_bytes += bytes.len() as u64;
                 write
                     .puts
-                    .push((keys::raft_log_key(self.id, e.index), e.write_to_bytes()?));
+                    .push((keys::raft_log_key(self.id, e.index), bytes));
                 self.tail.push_back(e.clone());
             }
             self.last_index = new_last;
@@ -187,6 +251,10 @@ impl RaftStorage {
             encode_truncated(index, term),
         );
         self.engine.write(batch, false)?;
+        let removed = index - self.truncated.0;
+        self.log_bytes = self
+            .log_bytes
+            .saturating_sub(removed * self.average_entry_bytes());
         self.truncated = (index, term);
         self.trim_tail(index);
         Ok(())
@@ -274,12 +342,26 @@ impl raft::Storage for RaftStorage {
         Ok(self.last_index)
     }
 
+    /// Only the metadata: the transport streams the data itself from a RocksDB snapshot
+    /// taken when it sends (see [`crate::snapshot`]), so nothing large is built here.
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Shipping a table to a replica that fell behind the retained log needs the
-        // node-to-node transport (the cluster issue); a single voter never asks.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let applied = self
+            .engine
+            .get(keys::CF_META, &keys::applied_key(self.id))
+            .ok()
+            .flatten()
+            .and_then(|b| AppliedState::decode(&b).ok())
+            .ok_or_else(unavailable)?;
+        if applied.index == 0 {
+            return Err(unavailable());
+        }
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = applied.index;
+        meta.term = applied.term;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snapshot)
     }
 }
 

@@ -3,6 +3,8 @@
 
 use flotilla_proto::mvcc::v1::{Command, ResponseOp, Txn};
 use prost::Message as _;
+use raft::eraftpb::Snapshot;
+use rocksdb::WriteBatch;
 
 use crate::applied::AppliedState;
 use crate::engine::Engine;
@@ -11,6 +13,7 @@ use crate::fsm::{ApplyOutput, TableFsm, execute_txn};
 use crate::group::{GroupHandle, GroupStatus, StateMachine};
 use crate::keys;
 use crate::range::{RangePage, RangeQuery};
+use crate::snapshot;
 use crate::view::{DbView, Overlay};
 
 /// The state machine of a table group: [`TableFsm`] plus its applied state.
@@ -18,6 +21,9 @@ use crate::view::{DbView, Overlay};
 pub struct TableMachine {
     fsm: TableFsm,
     state: AppliedState,
+    /// Where snapshots are installed.
+    engine: Engine,
+    id: u64,
 }
 
 impl TableMachine {
@@ -28,8 +34,10 @@ impl TableMachine {
             None => AppliedState::default(),
         };
         Ok(Self {
-            fsm: TableFsm::new(engine, id),
+            fsm: TableFsm::new(engine.clone(), id),
             state,
+            engine,
+            id,
         })
     }
 }
@@ -43,6 +51,11 @@ impl StateMachine for TableMachine {
 
     fn applied_index(&self) -> u64 {
         self.state.index
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot, raft_state: WriteBatch) -> Result<()> {
+        self.state = snapshot::install(&self.engine, self.id, raft_state, &snapshot.data)?;
+        Ok(())
     }
 }
 

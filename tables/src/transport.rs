@@ -1,11 +1,22 @@
 //! How raft messages leave a node. The trait is the seam: the gRPC implementation lives in
-//! the server crate (cluster issue); tests use an in-memory one.
+//! the server crate; [`crate::memory_network`] is the in-process one for tests.
 
 use raft::eraftpb::Message;
 
+use crate::router::Router;
+
 /// Delivers raft messages of group `group_id` to other nodes. Must not block: queue and
-/// return; a message that cannot be delivered is dropped (raft retries).
+/// return; a message that cannot be delivered is dropped (raft retries). A `MsgSnapshot`
+/// announces a snapshot the transport streams itself ([`Router::read_snapshot`] on this
+/// node, [`Router::receive_snapshot`] on the peer), reporting the outcome with
+/// [`Router::report_snapshot`].
 pub trait Transport: Send + Sync + 'static {
+    /// Called once by `Node::open` before any group starts, with this node's router: where
+    /// reports go and snapshots are read from.
+    fn attach(&self, router: Router) {
+        let _ = router;
+    }
+
     /// Sends `msgs` (each names its destination node in `to`).
     fn send(&self, group_id: u64, msgs: Vec<Message>);
 }

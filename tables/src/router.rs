@@ -1,0 +1,156 @@
+//! A node's entry point for raft traffic: messages and snapshots from peers go to their
+//! group through the [`Router`], and the transport reports delivery problems back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use flotilla_proto::flotilla::raft::v1::SnapshotChunk;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::group::GroupHandle;
+use crate::snapshot;
+
+/// What the router needs from a group, whatever its state machine.
+pub(crate) trait Inbox: Send + Sync {
+    fn step(&self, msg: Message) -> Result<()>;
+    fn report_unreachable(&self, peer: u64) -> Result<()>;
+    fn report_snapshot(&self, peer: u64, ok: bool) -> Result<()>;
+}
+
+impl<O: Send + 'static> Inbox for GroupHandle<O> {
+    fn step(&self, msg: Message) -> Result<()> {
+        GroupHandle::step(self, msg)
+    }
+
+    fn report_unreachable(&self, peer: u64) -> Result<()> {
+        GroupHandle::report_unreachable(self, peer)
+    }
+
+    fn report_snapshot(&self, peer: u64, ok: bool) -> Result<()> {
+        GroupHandle::report_snapshot(self, peer, ok)
+    }
+}
+
+/// Routes raft traffic to this node's groups; cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: u64,
+    engine: Engine,
+    /// Where received snapshots are staged until their group installs them.
+    snapshot_dir: PathBuf,
+    groups: DashMap<u64, Arc<dyn Inbox>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("node_id", &self.inner.node_id)
+            .field("groups", &self.inner.groups.len())
+            .finish()
+    }
+}
+
+impl Router {
+    pub(crate) fn new(node_id: u64, engine: Engine, snapshot_dir: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                node_id,
+                engine,
+                snapshot_dir,
+                groups: DashMap::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn register(&self, group_id: u64, inbox: Arc<dyn Inbox>) {
+        self.inner.groups.insert(group_id, inbox);
+    }
+
+    pub(crate) fn unregister(&self, group_id: u64) {
+        self.inner.groups.remove(&group_id);
+    }
+
+    /// This node's raft id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    fn group(&self, group_id: u64) -> Result<Arc<dyn Inbox>> {
+        self.inner
+            .groups
+            .get(&group_id)
+            .map(|g| g.value().clone())
+            // A group this node does not have (yet): its catalog has not applied the
+            // create. Raft retries, so the message is simply not delivered.
+            .ok_or(Error::TableNotFound)
+    }
+
+    /// Delivers a raft message from a peer. Snapshots travel on their own stream
+    /// ([`Router::receive_snapshot`]) and are refused here.
+    pub fn step(&self, group_id: u64, msg: Message) -> Result<()> {
+        if msg.to != self.inner.node_id {
+            return Err(Error::InvalidArgument(format!(
+                "message for node {} delivered to node {}",
+                msg.to, self.inner.node_id
+            )));
+        }
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            return Err(Error::InvalidArgument(
+                "raft snapshots must come through the snapshot stream".into(),
+            ));
+        }
+        self.group(group_id)?.step(msg)
+    }
+
+    /// Decodes a raft message (the raft crate's encoding) and delivers it.
+    pub fn step_bytes(&self, group_id: u64, bytes: &[u8]) -> Result<()> {
+        self.step(group_id, Message::parse_from_bytes(bytes)?)
+    }
+
+    /// Tells group `group_id` that `peer` could not be reached.
+    pub fn report_unreachable(&self, group_id: u64, peer: u64) {
+        if let Ok(g) = self.group(group_id) {
+            let _ = g.report_unreachable(peer);
+        }
+    }
+
+    /// Tells group `group_id` how sending a snapshot to `peer` ended.
+    pub fn report_snapshot(&self, group_id: u64, peer: u64, ok: bool) {
+        if let Ok(g) = self.group(group_id) {
+            let _ = g.report_snapshot(peer, ok);
+        }
+    }
+
+    /// Streams the snapshot that `msg` (a `MsgSnapshot` of group `group_id`) announces,
+    /// chunk by chunk into `emit`. Blocking: run it on a blocking thread.
+    pub fn read_snapshot(
+        &self,
+        group_id: u64,
+        msg: &Message,
+        emit: impl FnMut(SnapshotChunk) -> bool,
+    ) -> Result<()> {
+        snapshot::read_chunks(&self.inner.engine, group_id, msg.write_to_bytes()?, emit)
+    }
+
+    /// Stages a snapshot stream from a peer and hands it to its group. Blocking.
+    pub fn receive_snapshot(
+        &self,
+        chunks: impl IntoIterator<Item = Result<SnapshotChunk>>,
+    ) -> Result<()> {
+        let (group_id, msg) = snapshot::receive(&self.inner.snapshot_dir, chunks)?;
+        let data = msg.get_snapshot().data.clone();
+        let delivered = self.group(group_id).and_then(|g| g.step(msg));
+        if delivered.is_err() {
+            snapshot::discard(&data);
+        }
+        delivered
+    }
+}

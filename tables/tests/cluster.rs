@@ -1,0 +1,325 @@
+//! Three nodes in one process over the in-memory network: leader isolation, a lagging
+//! replica catching up by snapshot, and a lossy, reordering network. Each checks that no
+//! acknowledged write is lost and that replicas end identical.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use flotilla_proto::mvcc::v1::{Command, KeyValue, command::CommandType};
+use flotilla_tables::group::GroupConfig;
+use flotilla_tables::memory_network::MemoryNetwork;
+use flotilla_tables::range::RangeQuery;
+use flotilla_tables::{Node, NodeConfig, Table};
+
+const IDS: [u64; 3] = [1, 2, 3];
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// key -> (value, revision)
+type Data = BTreeMap<Vec<u8>, (Vec<u8>, i64)>;
+
+struct Cluster {
+    _dirs: Vec<tempfile::TempDir>,
+    net: Arc<MemoryNetwork>,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Three nodes with a fast clock (10 ms ticks, election after 10-20 ticks).
+    fn start(retention: u64) -> Self {
+        let net = MemoryNetwork::new();
+        let mut dirs = Vec::new();
+        let mut nodes = Vec::new();
+        for id in IDS {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let config = NodeConfig {
+                data_dir: dir.path().to_path_buf(),
+                voters: IDS.to_vec(),
+                group: GroupConfig {
+                    node_id: id,
+                    tick: Duration::from_millis(10),
+                    election_ticks: 10,
+                    heartbeat_ticks: 2,
+                    log_retention_entries: retention,
+                    ..GroupConfig::default()
+                },
+                raft_threads: 1,
+            };
+            let node = Node::open(config, net.transport(id), &prometheus::Registry::new())
+                .expect("open node");
+            dirs.push(dir);
+            nodes.push(node);
+        }
+        Self {
+            _dirs: dirs,
+            net,
+            nodes,
+        }
+    }
+
+    fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn table(&self, id: u64, name: &str) -> Table {
+        self.node(id).table(name).expect("table exists")
+    }
+
+    /// Creates `name` through node 1 and waits until every node has it with a leader.
+    async fn create(&self, name: &str) {
+        retry(async || self.node(1).create_table(name).await.ok()).await;
+        for id in IDS {
+            wait(async || self.node(id).table(name).is_ok()).await;
+        }
+        self.leader(name, &IDS).await;
+    }
+
+    /// The leader of `name` that every node in `among` agrees on.
+    async fn leader(&self, name: &str, among: &[u64]) -> u64 {
+        let mut leader = 0;
+        wait(async || {
+            let seen: Vec<u64> = among
+                .iter()
+                .map(|&id| self.table(id, name).status().leader.load(Relaxed))
+                .collect();
+            leader = seen[0];
+            leader != 0 && among.contains(&leader) && seen.iter().all(|&l| l == leader)
+        })
+        .await;
+        leader
+    }
+
+    async fn shutdown(self) {
+        for node in &self.nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+fn put(key: &[u8], value: &[u8]) -> Command {
+    Command {
+        r#type: CommandType::Put as i32,
+        kv: Some(KeyValue {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` until true; fails the test after [`DEADLINE`].
+async fn wait(mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `attempt` until it returns a value; fails the test after [`DEADLINE`].
+async fn retry<T>(mut attempt: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "no success within {DEADLINE:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes `key` through `table` with a short timeout; the revision if acknowledged.
+async fn try_put(table: &Table, key: &[u8], value: &[u8]) -> Option<i64> {
+    let out = tokio::time::timeout(Duration::from_secs(2), table.propose(&put(key, value))).await;
+    match out {
+        Ok(Ok(out)) => Some(out.revision as i64),
+        _ => None,
+    }
+}
+
+/// Everything table `name` holds on node `id`, read locally (serializable).
+async fn local_data(c: &Cluster, id: u64, name: &str) -> Data {
+    let all = RangeQuery {
+        key: vec![0],
+        range_end: vec![0],
+        ..Default::default()
+    };
+    let page = c
+        .table(id, name)
+        .read_page(all, usize::MAX)
+        .await
+        .expect("read");
+    page.kvs
+        .into_iter()
+        .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
+        .collect()
+}
+
+/// Waits until all nodes hold the same data, and returns it.
+async fn converged(c: &Cluster, name: &str) -> Data {
+    let mut data = Data::new();
+    wait(async || {
+        let d1 = local_data(c, 1, name).await;
+        let same = local_data(c, 2, name).await == d1 && local_data(c, 3, name).await == d1;
+        data = d1;
+        same
+    })
+    .await;
+    data
+}
+
+fn assert_holds(data: &Data, acked: &Data) {
+    for (k, v) in acked {
+        assert_eq!(
+            data.get(k),
+            Some(v),
+            "acknowledged write {} lost or changed",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_steps_down_and_no_acknowledged_write_is_lost() {
+    let c = Cluster::start(10_000);
+    c.create("t").await;
+    let mut acked = Data::new();
+    // Writes through every node: followers forward to the leader.
+    for i in 0..60u32 {
+        let node = IDS[i as usize % 3];
+        let key = format!("before-{i:03}").into_bytes();
+        let rev = retry(async || try_put(&c.table(node, "t"), &key, b"v").await).await;
+        acked.insert(key, (b"v".to_vec(), rev));
+    }
+    // A linearizable read on a follower sees the last write.
+    let old = c.leader("t", &IDS).await;
+    let others: Vec<u64> = IDS.iter().copied().filter(|&id| id != old).collect();
+    let follower = c.table(others[0], "t");
+    follower
+        .read_barrier()
+        .await
+        .expect("read index on a follower");
+    assert_holds(&local_data(&c, others[0], "t").await, &acked);
+
+    c.net.isolate(old, &others);
+    let new = c.leader("t", &others).await;
+    assert_ne!(new, old);
+    // The old leader notices it lost its quorum (CheckQuorum) and stops leading.
+    wait(async || c.table(old, "t").status().leader.load(Relaxed) != old).await;
+    // Writes to the isolated node are not acknowledged; writes on the majority side are.
+    assert_eq!(try_put(&c.table(old, "t"), b"lost", b"x").await, None);
+    for i in 0..60u32 {
+        let node = others[i as usize % 2];
+        let key = format!("after-{i:03}").into_bytes();
+        let rev = retry(async || try_put(&c.table(node, "t"), &key, b"w").await).await;
+        acked.insert(key, (b"w".to_vec(), rev));
+    }
+
+    c.net.heal();
+    let data = converged(&c, "t").await;
+    assert_holds(&data, &acked);
+    assert!(
+        data.keys().all(|k| acked.contains_key(k) || k == b"lost"),
+        "only attempted keys exist"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_catches_up_by_snapshot() {
+    let c = Cluster::start(20);
+    c.create("t").await;
+    let leader = c.leader("t", &IDS).await;
+    let lagging = IDS
+        .iter()
+        .copied()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    let others: Vec<u64> = IDS.iter().copied().filter(|&id| id != lagging).collect();
+    c.net.isolate(lagging, &others);
+
+    let mut acked = Data::new();
+    for i in 0..300u32 {
+        let node = others[i as usize % 2];
+        let key = format!("k{i:04}").into_bytes();
+        let value = vec![b'x'; 100 + (i as usize % 50)];
+        let rev = retry(async || try_put(&c.table(node, "t"), &key, &value).await).await;
+        acked.insert(key, (value, rev));
+    }
+    let lagging_applied = c.table(lagging, "t").status().applied.load(Relaxed);
+    let leader_first = c.table(leader, "t").status().first_index.load(Relaxed);
+    assert!(
+        leader_first > lagging_applied + 1,
+        "the leader compacted past the lagging replica ({leader_first} > {lagging_applied} + 1)"
+    );
+
+    c.net.heal();
+    let data = converged(&c, "t").await;
+    assert_eq!(data, acked);
+    assert!(
+        c.table(lagging, "t")
+            .status()
+            .snapshots_installed
+            .load(Relaxed)
+            >= 1,
+        "the lagging replica caught up through a snapshot"
+    );
+    // It keeps replicating normally afterwards.
+    let rev = retry(async || try_put(&c.table(lagging, "t"), b"later", b"y").await).await;
+    acked.insert(b"later".to_vec(), (b"y".to_vec(), rev));
+    assert_eq!(converged(&c, "t").await, acked);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_reordering_network_loses_no_acknowledged_write() {
+    let c = Cluster::start(50);
+    c.create("t").await;
+    c.net.set_drop_percent(20);
+    c.net.set_max_delay(Duration::from_millis(15));
+    // One writer per node, concurrently; a lost message costs its write a timeout, with
+    // an unknown outcome: such keys may or may not exist afterwards.
+    let mut writers = Vec::new();
+    for id in IDS {
+        let table = c.table(id, "t");
+        writers.push(tokio::spawn(async move {
+            let mut acked = Data::new();
+            let mut attempted = Vec::new();
+            for i in 0..50u32 {
+                let key = format!("n{id}-{i:04}").into_bytes();
+                attempted.push(key.clone());
+                let cmd = put(&key, b"v");
+                let write = table.propose(&cmd);
+                if let Ok(Ok(out)) = tokio::time::timeout(Duration::from_secs(1), write).await {
+                    acked.insert(key, (b"v".to_vec(), out.revision as i64));
+                }
+            }
+            (acked, attempted)
+        }));
+    }
+    let mut acked = Data::new();
+    let mut attempted = Vec::new();
+    for w in writers {
+        let (a, t) = w.await.expect("writer");
+        acked.extend(a);
+        attempted.extend(t);
+    }
+    assert!(
+        acked.len() > 50,
+        "most writes get through a lossy network ({} of 150)",
+        acked.len()
+    );
+    c.net.heal();
+    let data = converged(&c, "t").await;
+    assert_holds(&data, &acked);
+    assert!(
+        data.keys().all(|k| attempted.contains(k)),
+        "only attempted keys exist"
+    );
+    c.shutdown().await;
+}
