@@ -2,6 +2,13 @@
 //!
 //! Processes are started with port 0 and report their addresses on stdout; each is
 //! stopped by its own PID (kill -9 or drop), never by name.
+//!
+//! [`cluster`] runs three such processes as one raft cluster, optionally with a cuttable
+//! [`proxy::LinkProxy`] on every node-to-node link; [`workload`] drives and checks writes.
+
+pub mod cluster;
+pub mod proxy;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -35,6 +42,8 @@ pub struct Process {
     child: Child,
     /// Where its gRPC API listens.
     pub api_addr: String,
+    /// Where its `/metrics` endpoint listens.
+    pub metrics_addr: String,
     /// Its data directory.
     pub data_dir: PathBuf,
 }
@@ -43,16 +52,31 @@ impl Process {
     /// Starts a single-node leader on `data_dir` and waits (up to `timeout`) until it
     /// reports its listening addresses.
     pub async fn start(data_dir: &Path, timeout: Duration) -> Self {
+        Self::start_with(data_dir, "127.0.0.1:0", &[], timeout).await
+    }
+
+    /// Starts `flotilla leader` on `data_dir` with its API on `api_address` (port 0 for any)
+    /// and `extra_args` (e.g. the `--raft.*` flags of a cluster member), and waits (up to
+    /// `timeout`) until it reports its listening addresses. The admin HTTP port is always
+    /// picked by the OS. Flags may be given only once, so `extra_args` must not repeat
+    /// `--data-dir`, `--api.address` or `--rest.address`.
+    pub async fn start_with(
+        data_dir: &Path,
+        api_address: &str,
+        extra_args: &[String],
+        timeout: Duration,
+    ) -> Self {
         let mut child = Command::new(flotilla_bin())
             .arg("leader")
             .arg("--data-dir")
             .arg(data_dir)
             .args([
                 "--api.address",
-                "127.0.0.1:0",
+                api_address,
                 "--rest.address",
                 "127.0.0.1:0",
             ])
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -74,13 +98,40 @@ impl Process {
             .and_then(|rest| rest.split(',').next())
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_owned();
+        let metrics_addr = line
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Self {
             child,
             api_addr,
+            metrics_addr,
             data_dir: data_dir.to_path_buf(),
         }
+    }
+
+    /// The value of the Prometheus series `series` (name with labels, exactly as
+    /// rendered, e.g. `flotilla_raft_applied_index{table="t"}`) on this process's
+    /// `/metrics`, if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(&self.metrics_addr)
+            .await
+            .ok()?;
+        let request = format!(
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.metrics_addr
+        );
+        conn.write_all(request.as_bytes()).await.ok()?;
+        let mut body = String::new();
+        conn.read_to_string(&mut body).await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// A KV client connected to this process.
@@ -101,6 +152,11 @@ impl Process {
             .connect()
             .await
             .expect("connect")
+    }
+
+    /// The OS process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// SIGKILL, then reap.

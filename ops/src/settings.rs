@@ -82,6 +82,8 @@ pub struct RaftSettings {
     pub heartbeat_rtt: u64,
     /// Applied log entries kept per table before older ones are compacted away.
     pub log_retention_entries: u64,
+    /// Approximate log bytes kept per table; whichever retention bound is hit first wins.
+    pub log_retention_bytes: u64,
     /// Threads driving raft groups and applying entries.
     pub threads: usize,
 }
@@ -144,6 +146,7 @@ impl Default for RaftSettings {
             election_rtt: 20,
             heartbeat_rtt: 1,
             log_retention_entries: 10_000,
+            log_retention_bytes: 64 << 20,
             threads: 2,
         }
     }
@@ -205,6 +208,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "raft.log-retention-entries",
         "Applied entries kept per table [default: 10000]",
+    ),
+    (
+        "raft.log-retention-bytes",
+        "Approximate log bytes kept per table [default: 67108864]",
     ),
     ("raft.threads", "Threads driving raft groups [default: 2]"),
     (
@@ -269,6 +276,12 @@ impl Settings {
         if self.raft.log_retention_entries == 0 {
             return Err(invalid("raft.log-retention-entries", "must be at least 1"));
         }
+        if self.raft.log_retention_bytes == 0 {
+            return Err(invalid("raft.log-retention-bytes", "must be at least 1"));
+        }
+        if members.len() > 1 {
+            listen_addr("raft.address", &self.raft.address)?;
+        }
         listen_addr("api.address", &self.api.address)?;
         listen_addr("rest.address", &self.rest.address)?;
         Ok(())
@@ -321,6 +334,11 @@ impl Settings {
     /// The socket address `api.address` names.
     pub fn api_listen(&self) -> Result<SocketAddr, SettingsError> {
         listen_addr("api.address", &self.api.address)
+    }
+
+    /// The socket address `raft.address` names (node-to-node traffic).
+    pub fn raft_listen(&self) -> Result<SocketAddr, SettingsError> {
+        listen_addr("raft.address", &self.raft.address)
     }
 
     /// The socket address `rest.address` names.

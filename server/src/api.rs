@@ -24,6 +24,8 @@ pub struct Api {
     pub registry: Registry,
     /// Call counts and latencies.
     pub grpc: GrpcMetrics,
+    /// Client API addresses of the other members, as they announced them.
+    pub peers: crate::peers::PeerDirectory,
 }
 
 /// Applied when a client sends no deadline (Armada's default).

@@ -49,11 +49,15 @@ impl Cluster for ClusterService {
                             raft_addr.clone()
                         },
                         peer_ur_ls: vec![raft_addr],
-                        // Other members' client addresses arrive with cluster gossip.
+                        // Peers announce theirs on their raft streams.
                         client_ur_ls: if id == me {
                             vec![s.api.advertise_address.clone()]
                         } else {
-                            vec![]
+                            self.api
+                                .peers
+                                .get(&id)
+                                .map(|a| vec![a.value().clone()])
+                                .unwrap_or_default()
                         },
                     })
                     .collect();
@@ -76,6 +80,7 @@ impl Cluster for ClusterService {
                 for t in self.api.node.tables() {
                     let s = t.status();
                     let leader = s.leader.load(Relaxed);
+                    let commit = s.commit.load(Relaxed);
                     let applied = s.applied.load(Relaxed);
                     if leader == 0 {
                         errors.push(format!("{}: no leader", t.name()));
@@ -84,7 +89,7 @@ impl Cluster for ClusterService {
                         t.name().to_owned(),
                         TableStatus {
                             leader: leader.to_string(),
-                            raft_index: applied,
+                            raft_index: commit,
                             raft_term: s.term.load(Relaxed),
                             raft_applied_index: applied,
                         },

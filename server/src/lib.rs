@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod grpc_metrics;
 pub mod kv;
 pub mod metrics_svc;
+pub mod peers;
 pub mod rest;
 pub mod status;
 pub mod tables_svc;
@@ -18,12 +19,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use flotilla_ops::Settings;
+use flotilla_proto::flotilla::raft::v1::raft_server::RaftServer;
 use flotilla_proto::regatta::v1::{
     cluster_server::ClusterServer, kv_server::KvServer, metrics_server::MetricsServer,
     tables_server::TablesServer,
 };
 use flotilla_tables::group::GroupConfig;
-use flotilla_tables::transport::NoPeers;
+use flotilla_tables::transport::{NoPeers, Transport};
 use flotilla_tables::{Node, NodeConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -44,6 +46,8 @@ pub struct Running {
     pub api_addr: SocketAddr,
     /// Where /metrics and /healthz listen.
     pub rest_addr: SocketAddr,
+    /// Where peers' raft traffic arrives (multi-node clusters only).
+    pub raft_addr: Option<SocketAddr>,
     node: Arc<Node>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -57,6 +61,11 @@ impl Running {
             let _ = task.await;
         }
         self.node.shutdown().await;
+    }
+
+    /// The node's tables (for in-process tests).
+    pub fn node(&self) -> &Node {
+        &self.node
     }
 
     /// Resolves when the server stops (on [`Running::shutdown`] or a serving failure).
@@ -78,20 +87,38 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             election_ticks: usize::try_from(settings.raft.election_rtt)?,
             heartbeat_ticks: usize::try_from(settings.raft.heartbeat_rtt)?,
             log_retention_entries: settings.raft.log_retention_entries,
+            log_retention_bytes: settings.raft.log_retention_bytes,
             ..GroupConfig::default()
         },
         raft_threads: settings.raft.threads,
     };
-    if members.len() > 1 {
-        anyhow::bail!(
-            "multi-node clusters need the node-to-node transport, which is not built yet; run with one member"
-        );
-    }
+    let stop = CancellationToken::new();
+    let peer_directory = peers::PeerDirectory::default();
+    // Bound before the node opens: peers may dial as soon as our groups talk to them.
+    let raft_listener = if members.len() > 1 {
+        let addr = settings.raft_listen()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding raft.address {}", settings.raft.address))?;
+        Some(listener)
+    } else {
+        None
+    };
+    let transport: Arc<dyn Transport> = if members.len() > 1 {
+        peers::GrpcTransport::new(
+            settings.raft.node_id,
+            &members,
+            settings.api.advertise_address.clone(),
+            &registry,
+            stop.clone(),
+        )?
+    } else {
+        Arc::new(NoPeers)
+    };
     let reg = registry.clone();
-    let node =
-        tokio::task::spawn_blocking(move || Node::open(node_config, Arc::new(NoPeers), &reg))
-            .await?
-            .with_context(|| format!("opening data dir {}", settings.data_dir.display()))?;
+    let node = tokio::task::spawn_blocking(move || Node::open(node_config, transport, &reg))
+        .await?
+        .with_context(|| format!("opening data dir {}", settings.data_dir.display()))?;
     let node = Arc::new(node);
     let grpc = grpc_metrics::GrpcMetrics::new(&registry)?;
     let api = Api {
@@ -99,6 +126,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         settings: Arc::new(settings.clone()),
         registry,
         grpc,
+        peers: peer_directory.clone(),
     };
 
     let api_listener = TcpListener::bind(settings.api_listen()?)
@@ -110,7 +138,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let api_addr = api_listener.local_addr()?;
     let rest_addr = rest_listener.local_addr()?;
 
-    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let raft_addr = match raft_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let service = peers::RaftService::new(node.router(), peer_directory);
+            tasks.push(tokio::spawn(serve_raft(service, listener, stop.clone())));
+            Some(addr)
+        }
+        None => None,
+    };
     let grpc_task = tokio::spawn(serve_grpc(api.clone(), api_listener, stop.clone()));
     let rest_task = {
         let stop = stop.clone();
@@ -125,14 +162,37 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             }
         })
     };
-    tracing::info!(%api_addr, %rest_addr, "flotilla serving");
+    tracing::info!(%api_addr, %rest_addr, ?raft_addr, "flotilla serving");
+    tasks.push(grpc_task);
+    tasks.push(rest_task);
     Ok(Running {
         api_addr,
         rest_addr,
+        raft_addr,
         node,
         stop,
-        tasks: vec![grpc_task, rest_task],
+        tasks,
     })
+}
+
+async fn serve_raft(service: peers::RaftService, listener: TcpListener, stop: CancellationToken) {
+    let server = RaftServer::new(service)
+        .max_decoding_message_size(peers::MAX_PEER_MESSAGE_BYTES)
+        .max_encoding_message_size(peers::MAX_PEER_MESSAGE_BYTES);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(10)));
+    let served = tonic::transport::Server::builder()
+        // Notice a peer that vanished without closing its streams.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
+        .add_service(server)
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!("raft server failed: {e}");
+        stop.cancel();
+    }
 }
 
 async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {

@@ -62,8 +62,12 @@ fn main() -> anyhow::Result<()> {
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     let running = flotilla_server::start(settings).await?;
+    let raft = running
+        .raft_addr
+        .map(|a| format!(", raft on {a}"))
+        .unwrap_or_default();
     println!(
-        "flotilla leader: API (gRPC) on {}, metrics on http://{}/metrics, data in {}",
+        "flotilla leader: API (gRPC) on {}, metrics on http://{}/metrics, data in {}{raft}",
         running.api_addr,
         running.rest_addr,
         data_dir.display()

@@ -126,7 +126,7 @@ async fn cluster_member_list_and_status() {
     let t = st.tables.get("t").expect("table t in status");
     assert_eq!(t.leader, "1");
     assert!(t.raft_term >= 1);
-    assert!(t.raft_applied_index >= 2 && t.raft_index == t.raft_applied_index);
+    assert!(t.raft_applied_index >= 2 && t.raft_index >= t.raft_applied_index);
     assert!(st.errors.is_empty(), "{:?}", st.errors);
     let st = s
         .cluster()

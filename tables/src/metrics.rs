@@ -13,6 +13,7 @@ pub struct TablesMetrics {
     leader: IntGaugeVec,
     commit: IntGaugeVec,
     applied: IntGaugeVec,
+    snapshots: IntGaugeVec,
     proposals: IntCounterVec,
     /// Approximate size of the node's RocksDB in bytes (SST files plus memtables).
     pub db_size: IntGauge,
@@ -36,6 +37,10 @@ impl TablesMetrics {
                 "flotilla_raft_applied_index",
                 "Applied index of the table's group",
             )?,
+            snapshots: gauge(
+                "flotilla_raft_snapshots_installed",
+                "Raft snapshots this replica installed since it started",
+            )?,
             proposals: IntCounterVec::new(
                 Opts::new(
                     "flotilla_raft_proposals_total",
@@ -52,6 +57,7 @@ impl TablesMetrics {
         registry.register(Box::new(m.leader.clone()))?;
         registry.register(Box::new(m.commit.clone()))?;
         registry.register(Box::new(m.applied.clone()))?;
+        registry.register(Box::new(m.snapshots.clone()))?;
         registry.register(Box::new(m.proposals.clone()))?;
         registry.register(Box::new(m.db_size.clone()))?;
         Ok(m)
@@ -64,13 +70,20 @@ impl TablesMetrics {
             leader: self.leader.with_label_values(&[table]),
             commit: self.commit.with_label_values(&[table]),
             applied: self.applied.with_label_values(&[table]),
+            snapshots: self.snapshots.with_label_values(&[table]),
             proposals: self.proposals.with_label_values(&[table]),
         }
     }
 
     /// Forgets a dropped table's series.
     pub fn remove(&self, table: &str) {
-        for vec in [&self.term, &self.leader, &self.commit, &self.applied] {
+        for vec in [
+            &self.term,
+            &self.leader,
+            &self.commit,
+            &self.applied,
+            &self.snapshots,
+        ] {
             let _ = vec.remove_label_values(&[table]);
         }
         let _ = self.proposals.remove_label_values(&[table]);
@@ -84,6 +97,7 @@ pub struct GroupMetrics {
     leader: IntGauge,
     commit: IntGauge,
     applied: IntGauge,
+    snapshots: IntGauge,
     /// Proposals made through this node.
     pub proposals: IntCounter,
 }
@@ -98,5 +112,6 @@ impl GroupMetrics {
         self.leader.set(get(&s.leader));
         self.commit.set(get(&s.commit));
         self.applied.set(get(&s.applied));
+        self.snapshots.set(get(&s.snapshots_installed));
     }
 }
