@@ -30,13 +30,22 @@ impl KvService {
         Self { api }
     }
 
-    fn table(&self, name: &[u8]) -> Result<Table, Status> {
-        self.api.node.table(table_name(name)?).map_err(kv_status)
+    async fn table(&self, name: &[u8]) -> Result<Table, Status> {
+        let name = table_name(name)?;
+        if let Ok(table) = self.api.node.table(name) {
+            return Ok(table);
+        }
+        // This replica's catalog may lag a create acknowledged through another node:
+        // catch up with the catalog once before answering NotFound.
+        if let Err(e) = self.api.node.catalog_barrier().await {
+            tracing::debug!("catalog barrier: {e}");
+        }
+        self.api.node.table(name).map_err(kv_status)
     }
 
     async fn range_impl(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
         validate::range(&req, false)?;
-        let table = self.table(&req.table)?;
+        let table = self.table(&req.table).await?;
         if req.linearizable {
             table.read_barrier().await.map_err(kv_status)?;
         }
@@ -54,7 +63,7 @@ impl KvService {
 
     async fn put_impl(&self, req: PutRequest) -> Result<PutResponse, Status> {
         validate::put(&req)?;
-        let table = self.table(&req.table)?;
+        let table = self.table(&req.table).await?;
         let cmd = Command {
             table: req.table,
             r#type: CommandType::Put as i32,
@@ -79,7 +88,7 @@ impl KvService {
 
     async fn delete_impl(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         validate::delete_range(&req)?;
-        let table = self.table(&req.table)?;
+        let table = self.table(&req.table).await?;
         let cmd = Command {
             table: req.table,
             r#type: CommandType::Delete as i32,
@@ -108,7 +117,7 @@ impl KvService {
 
     async fn txn_impl(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
         validate::txn(&req)?;
-        let table = self.table(&req.table)?;
+        let table = self.table(&req.table).await?;
         let read_only = validate::is_read_only(&req);
         let txn = Txn {
             compare: req.compare,
@@ -181,7 +190,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         let setup = async {
             validate::range(&req, true)?;
-            let table = self.table(&req.table)?;
+            let table = self.table(&req.table).await?;
             if req.linearizable {
                 table.read_barrier().await.map_err(kv_status)?;
             }

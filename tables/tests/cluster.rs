@@ -23,6 +23,7 @@ struct Cluster {
     dirs: Vec<tempfile::TempDir>,
     net: Arc<MemoryNetwork>,
     nodes: Vec<Node>,
+    registries: Vec<prometheus::Registry>,
     retention: u64,
 }
 
@@ -32,15 +33,19 @@ impl Cluster {
         let net = MemoryNetwork::new();
         let mut dirs = Vec::new();
         let mut nodes = Vec::new();
+        let mut registries = Vec::new();
         for id in IDS {
             let dir = tempfile::tempdir().expect("tempdir");
-            nodes.push(open(&net, id, dir.path(), retention));
+            let registry = prometheus::Registry::new();
+            nodes.push(open(&net, id, dir.path(), retention, &registry));
             dirs.push(dir);
+            registries.push(registry);
         }
         Self {
             dirs,
             net,
             nodes,
+            registries,
             retention,
         }
     }
@@ -52,7 +57,14 @@ impl Cluster {
         self.nodes[i].shutdown().await;
         let fresh = tempfile::tempdir().expect("tempdir");
         let old = std::mem::replace(&mut self.dirs[i], fresh);
-        let node = open(&self.net, id, self.dirs[i].path(), self.retention);
+        self.registries[i] = prometheus::Registry::new();
+        let node = open(
+            &self.net,
+            id,
+            self.dirs[i].path(),
+            self.retention,
+            &self.registries[i],
+        );
         // Only now is the old node (and the RocksDB it holds) gone.
         drop(std::mem::replace(&mut self.nodes[i], node));
         drop(old);
@@ -90,6 +102,16 @@ impl Cluster {
         leader
     }
 
+    /// The value of counter `name` on node `id`.
+    fn counter(&self, id: u64, name: &str) -> f64 {
+        self.registries[(id - 1) as usize]
+            .gather()
+            .iter()
+            .find(|f| f.name() == name)
+            .and_then(|f| f.get_metric().first().map(|m| m.get_counter().get_value()))
+            .unwrap_or(0.0)
+    }
+
     async fn shutdown(self) {
         for node in &self.nodes {
             node.shutdown().await;
@@ -98,7 +120,13 @@ impl Cluster {
 }
 
 /// Node `id` with a fast clock (10 ms ticks, election after 10-20 ticks).
-fn open(net: &Arc<MemoryNetwork>, id: u64, dir: &std::path::Path, retention: u64) -> Node {
+fn open(
+    net: &Arc<MemoryNetwork>,
+    id: u64,
+    dir: &std::path::Path,
+    retention: u64,
+    registry: &prometheus::Registry,
+) -> Node {
     let config = NodeConfig {
         data_dir: dir.to_path_buf(),
         voters: IDS.to_vec(),
@@ -112,7 +140,7 @@ fn open(net: &Arc<MemoryNetwork>, id: u64, dir: &std::path::Path, retention: u64
         },
         raft_threads: 1,
     };
-    Node::open(config, net.transport(id), &prometheus::Registry::new()).expect("open node")
+    Node::open(config, net.transport(id), registry).expect("open node")
 }
 
 fn put(key: &[u8], value: &[u8]) -> Command {
@@ -368,5 +396,50 @@ async fn wiped_replica_rejoins_through_the_catalog_log_and_a_snapshot() {
     let rev = retry(async || try_put(&c.table(wiped, "t"), b"after", b"w").await).await;
     acked.insert(b"after".to_vec(), (b"w".to_vec(), rev));
     assert_eq!(converged(&c, "t").await, acked);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_holds_across_tables_and_peers() {
+    const TABLES: usize = 60;
+    const WRITES: usize = 10;
+    let c = Cluster::start(10_000);
+    for t in 0..TABLES {
+        c.create(&format!("t{t}")).await;
+    }
+    let rounds = |c: &Cluster| -> Vec<f64> {
+        IDS.iter()
+            .map(|&id| c.counter(id, "flotilla_log_writer_fsync_rounds_total"))
+            .collect()
+    };
+    let before = rounds(&c);
+    // Every table writes at once, through all three nodes.
+    let mut writers = Vec::new();
+    for t in 0..TABLES {
+        let table = c.table(IDS[t % 3], &format!("t{t}"));
+        writers.push(tokio::spawn(async move {
+            for i in 0..WRITES {
+                let cmd = put(format!("k{i}").as_bytes(), b"v");
+                table.propose(&cmd).await.expect("write");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let after = rounds(&c);
+    let writes = (TABLES * WRITES) as f64;
+    for (i, id) in IDS.iter().enumerate() {
+        let synced = after[i] - before[i];
+        // Every write is persisted on every node (as leader or follower), so one log
+        // per table would cost at least one fsync per write per node. The shared writer
+        // merges whatever waits; how much waits depends on the fsync latency (about
+        // 0.3 ms on the CI disk, so rounds are cheap and often small; 0.45-0.6 of the
+        // writes was measured here), hence a bound with slack.
+        assert!(
+            synced < writes * 0.8,
+            "node {id}: {synced} fsync rounds for {writes} writes across {TABLES} tables"
+        );
+    }
     c.shutdown().await;
 }
