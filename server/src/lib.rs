@@ -142,7 +142,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let raft_addr = match raft_listener {
         Some(listener) => {
             let addr = listener.local_addr()?;
-            let service = peers::RaftService::new(node.router(), peer_directory);
+            let service = peers::RaftService::new(node.router(), peer_directory, stop.clone());
             tasks.push(tokio::spawn(serve_raft(service, listener, stop.clone())));
             Some(addr)
         }

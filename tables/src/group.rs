@@ -327,7 +327,8 @@ pub fn spawn<M: StateMachine>(
         applied_tx,
         durable_index: 0,
     };
-    let span = tracing::info_span!("group", table = %name, id);
+    // No parent: a table's group is often spawned while the catalog applies its create.
+    let span = tracing::info_span!(parent: None, "group", table = %name, id);
     runtime.spawn(
         async move {
             group.run(cancel).await;
@@ -660,7 +661,8 @@ impl<M: StateMachine> RaftGroup<M> {
                 continue;
             };
             read.issued_at = Some(self.ticks);
-            self.raw_node.read_index(ctx.to_be_bytes().to_vec());
+            self.raw_node
+                .read_index(read_context(self.config.node_id, ctx));
         }
     }
 
@@ -710,7 +712,9 @@ impl<M: StateMachine> RaftGroup<M> {
 
     fn answer_reads(&mut self, rd: &mut Ready) {
         for rs in rd.take_read_states() {
-            let ctx = keys_u64(&rs.request_ctx);
+            let Some(ctx) = read_context_id(self.config.node_id, &rs.request_ctx) else {
+                continue;
+            };
             if let Some(read) = self.reads.remove(&ctx) {
                 let _ = read.reply.send(Ok(rs.index));
             }
@@ -918,6 +922,43 @@ fn reject<O>(req: Request<O>, err: Error) {
     }
 }
 
-fn keys_u64(ctx: &[u8]) -> u64 {
-    crate::keys::decode_u64(ctx).unwrap_or(0)
+/// A read's context as raft carries it: the leader keys pending reads by context, so
+/// contexts from different nodes must never collide.
+fn read_context(node: u64, id: u64) -> Vec<u8> {
+    let mut ctx = node.to_be_bytes().to_vec();
+    ctx.extend_from_slice(&id.to_be_bytes());
+    ctx
+}
+
+/// The id of one of this node's reads from its context.
+fn read_context_id(node: u64, ctx: &[u8]) -> Option<u64> {
+    if ctx.len() != 16 || crate::keys::decode_u64(&ctx[..8])? != node {
+        return None;
+    }
+    crate::keys::decode_u64(&ctx[8..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proposal_ids_round_trip_and_reject_other_shapes() {
+        let id = ProposalId {
+            node: 3,
+            incarnation: 0xdead_beef,
+            seq: 42,
+        };
+        assert_eq!(ProposalId::decode(&id.encode()), Some(id));
+        assert_eq!(ProposalId::decode(&[]), None);
+        assert_eq!(ProposalId::decode(&[1; 23]), None);
+    }
+
+    #[test]
+    fn read_contexts_are_per_node() {
+        let ctx = read_context(2, 7);
+        assert_eq!(read_context_id(2, &ctx), Some(7));
+        assert_eq!(read_context_id(1, &ctx), None);
+        assert_eq!(read_context_id(2, &ctx[..8]), None);
+    }
 }

@@ -8,6 +8,7 @@ use flotilla_proto::flotilla::raft::v1::raft_server::Raft;
 use flotilla_proto::flotilla::raft::v1::{Done, MessageBatch, SnapshotChunk};
 use flotilla_tables::{Error, Router};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Client API addresses peers announced on their streams (raft id -> address), for
@@ -19,12 +20,20 @@ pub type PeerDirectory = Arc<DashMap<u64, String>>;
 pub struct RaftService {
     router: Router,
     peers: PeerDirectory,
+    /// Ends the peers' long-lived streams, which graceful shutdown would otherwise wait
+    /// for forever.
+    stop: CancellationToken,
 }
 
 impl RaftService {
-    /// Serves peers' traffic into `router`, recording their API addresses in `peers`.
-    pub fn new(router: Router, peers: PeerDirectory) -> Self {
-        Self { router, peers }
+    /// Serves peers' traffic into `router`, recording their API addresses in `peers`,
+    /// until `stop`.
+    pub fn new(router: Router, peers: PeerDirectory, stop: CancellationToken) -> Self {
+        Self {
+            router,
+            peers,
+            stop,
+        }
     }
 }
 
@@ -35,7 +44,14 @@ impl Raft for RaftService {
         request: Request<Streaming<MessageBatch>>,
     ) -> Result<Response<Done>, Status> {
         let mut stream = request.into_inner();
-        while let Some(batch) = stream.message().await? {
+        loop {
+            let batch = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                next = stream.message() => match next? {
+                    Some(batch) => batch,
+                    None => break,
+                },
+            };
             if !batch.api_address.is_empty() {
                 self.peers.insert(batch.from, batch.api_address);
             }

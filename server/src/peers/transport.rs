@@ -199,11 +199,16 @@ impl Link {
                 }
                 Err(e) => tracing::debug!("connect: {e}"),
             }
-            // What queued while the link was down is stale; raft resends what matters.
-            while queue.try_recv().is_ok() {}
-            tokio::select! {
-                _ = self.cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+            // While the link is down, what queues is stale by the time it is back (raft
+            // resends what matters): discard it, so senders never find the queue full.
+            let pause = tokio::time::sleep(backoff);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    _ = &mut pause => break,
+                    next = queue.recv() => if next.is_none() { return },
+                }
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -221,7 +226,16 @@ impl Link {
             .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES);
         let call = client.send(ReceiverStream::new(rx));
         tokio::pin!(call);
-        let mut api_address = self.api_address.clone();
+        // Introduce ourselves at once: a follower may have no raft traffic for a peer
+        // that is not its leader, and MemberList should not wait for some.
+        let hello = MessageBatch {
+            from: self.me,
+            messages: Vec::new(),
+            api_address: self.api_address.clone(),
+        };
+        if tx.send(hello).await.is_err() {
+            return Err(tonic::Status::aborted("stream closed"));
+        }
         let closed = |ended: Result<tonic::Response<_>, tonic::Status>| {
             ended
                 .err()
@@ -239,7 +253,7 @@ impl Link {
             let mut batch = MessageBatch {
                 from: self.me,
                 messages: Vec::new(),
-                api_address: std::mem::take(&mut api_address),
+                api_address: String::new(),
             };
             let mut bytes = 0;
             let mut next = Some(first);
