@@ -151,11 +151,6 @@ impl<O: Send + 'static> GroupHandle<O> {
         &self.status
     }
 
-    /// A shared handle on the status, for holders that outlive this handle's borrow.
-    pub fn status_handle(&self) -> Arc<GroupStatus> {
-        self.status.clone()
-    }
-
     fn send(&self, req: Request<O>) -> Result<()> {
         self.tx.try_send(req).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::Unavailable("busy".into()),

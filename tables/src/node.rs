@@ -50,9 +50,6 @@ struct Shared {
     cancel: CancellationToken,
     tables: DashMap<String, (Table, CancellationToken)>,
     router: Router,
-    /// Raft status of the catalog group, set once it starts: the node leading the catalog
-    /// starts the election of each table it creates.
-    catalog_status: std::sync::OnceLock<Arc<group::GroupStatus>>,
 }
 
 /// Listener given to the catalog machine; weak so the catalog does not keep the node alive.
@@ -65,11 +62,13 @@ impl CatalogListener for Listener {
         };
         match shared.open_table(id, name) {
             Ok(table) => {
-                let leads_catalog = shared.catalog_status.get().is_some_and(|s| {
-                    s.leader.load(std::sync::atomic::Ordering::Relaxed)
-                        == shared.config.group.node_id
-                });
-                if leads_catalog && shared.config.voters.len() > 1 {
+                // One replica, chosen by table id so that leadership spreads over the
+                // nodes, starts the election at once instead of all of them waiting out
+                // an election timeout. (PreVote keeps this from disturbing a table that
+                // already has a leader, e.g. when a wiped node replays the catalog.)
+                let voters = &shared.config.voters;
+                let starter = voters.get((id % voters.len().max(1) as u64) as usize);
+                if voters.len() > 1 && starter == Some(&shared.config.group.node_id) {
                     let _ = table.campaign();
                 }
             }
@@ -194,7 +193,6 @@ impl Node {
             cancel: CancellationToken::new(),
             tables: DashMap::new(),
             router: Router::new(config.group.node_id, engine.clone(), snapshot_dir),
-            catalog_status: std::sync::OnceLock::new(),
         });
         transport.attach(shared.router.clone());
         for (name, id) in catalog::list(&engine)? {
@@ -230,7 +228,6 @@ impl Node {
         shared
             .router
             .register(CATALOG_ID, Arc::new(catalog.clone()));
-        let _ = shared.catalog_status.set(catalog.status_handle());
         Ok(Self {
             shared,
             catalog,

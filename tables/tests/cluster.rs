@@ -407,6 +407,12 @@ async fn group_commit_holds_across_tables_and_peers() {
     for t in 0..TABLES {
         c.create(&format!("t{t}")).await;
     }
+    // New tables' leadership is spread over the nodes, not all on the catalog leader.
+    let mut leaders = std::collections::BTreeSet::new();
+    for t in 0..TABLES {
+        leaders.insert(c.leader(&format!("t{t}"), &IDS).await);
+    }
+    assert!(leaders.len() >= 2, "tables are led by {leaders:?}");
     let rounds = |c: &Cluster| -> Vec<f64> {
         IDS.iter()
             .map(|&id| c.counter(id, "flotilla_log_writer_fsync_rounds_total"))
