@@ -266,9 +266,13 @@ async fn isolated_leader_steps_down_and_no_acknowledged_write_is_lost() {
         acked.insert(key, (b"w".to_vec(), rev));
     }
 
+    let term = c.table(new, "t").status().term.load(Relaxed);
     c.net.heal();
     let data = converged(&c, "t").await;
     assert_holds(&data, &acked);
+    // PreVote: the rejoining node did not force an election on the majority.
+    assert_eq!(c.leader("t", &IDS).await, new, "leadership is undisturbed");
+    assert_eq!(c.table(new, "t").status().term.load(Relaxed), term);
     assert!(
         data.keys().all(|k| acked.contains_key(k) || k == b"lost"),
         "only attempted keys exist"
