@@ -158,12 +158,14 @@ impl Node {
             Error::Unavailable(format!("creating {}: {e}", config.data_dir.display()))
         })?;
         let engine = Engine::open(&config.data_dir)?;
+        // Finish interrupted snapshot installs first: one may belong to a table that was
+        // dropped since, whose data the erase below must then remove too.
+        let snapshot_dir = config.data_dir.join(SNAPSHOT_DIR);
+        snapshot::redo_installs(&engine, &snapshot_dir)?;
         for id in catalog::dropped(&engine)? {
             tracing::info!(id, "erasing table dropped before the last stop");
             catalog::erase_dropped(&engine, id)?;
         }
-        let snapshot_dir = config.data_dir.join(SNAPSHOT_DIR);
-        snapshot::redo_installs(&engine, &snapshot_dir)?;
         let metrics_err = |e: prometheus::Error| Error::Unavailable(format!("metrics: {e}"));
         let metrics = TablesMetrics::new(registry).map_err(metrics_err)?;
         let lw_metrics = LogWriterMetrics::new(registry).map_err(metrics_err)?;

@@ -283,3 +283,153 @@ pub fn redo_installs(engine: &Engine, dir: &Path) -> Result<()> {
 fn io_error(what: &'static str) -> impl Fn(std::io::Error) -> Error {
     move |e| Error::Unavailable(format!("{what}: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::Snapshot;
+
+    fn engine() -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(&dir.path().join("db")).expect("open");
+        (dir, engine)
+    }
+
+    fn put(engine: &Engine, cf: &str, key: Vec<u8>, value: &[u8]) {
+        let mut b = WriteBatch::default();
+        b.put_cf(engine.cf(cf), key, value);
+        engine.write(b, false).expect("write");
+    }
+
+    fn table(engine: &Engine, id: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut iter = engine.iter(keys::CF_DATA, keys::table_start(id), keys::table_end(id));
+        iter.seek_to_first();
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+            out.push((k.to_vec(), v.to_vec()));
+            iter.next();
+        }
+        out
+    }
+
+    /// A MsgSnapshot as the leader's raft builds it (metadata only).
+    fn header(index: u64) -> Vec<u8> {
+        let mut msg = Message::default();
+        msg.set_msg_type(MessageType::MsgSnapshot);
+        msg.to = 2;
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = 1;
+        msg.set_snapshot(snap);
+        msg.write_to_bytes().expect("encode")
+    }
+
+    fn chunks_of(engine: &Engine, id: u64, index: u64) -> Vec<SnapshotChunk> {
+        let mut chunks = Vec::new();
+        read_chunks(engine, id, header(index), |c| {
+            chunks.push(c);
+            true
+        })
+        .expect("read");
+        chunks
+    }
+
+    /// Table 5 on the sender: 3000 keys of 1 KiB (several chunks), applied at 10 / term 2.
+    fn sender() -> (tempfile::TempDir, Engine) {
+        let (dir, engine) = engine();
+        for i in 0..3000u32 {
+            put(
+                &engine,
+                keys::CF_DATA,
+                keys::data_key(5, format!("k{i:05}").as_bytes()),
+                &[7; 1024],
+            );
+        }
+        let applied = AppliedState {
+            index: 10,
+            term: 2,
+            leader_index: Some(4),
+            gc_horizon: 0,
+        };
+        put(
+            &engine,
+            keys::CF_META,
+            keys::applied_key(5),
+            &applied.encode(),
+        );
+        (dir, engine)
+    }
+
+    #[test]
+    fn a_streamed_snapshot_replaces_the_table_and_nothing_else() {
+        let (_a, a) = sender();
+        let chunks = chunks_of(&a, 5, 7);
+        assert!(chunks.len() > 3, "{} chunks", chunks.len());
+        assert!(chunks.last().is_some_and(|c| c.last));
+
+        let (b_dir, b) = engine();
+        put(&b, keys::CF_DATA, keys::data_key(5, b"stale"), b"x");
+        put(&b, keys::CF_DATA, keys::data_key(6, b"other"), b"y");
+        let staging = b_dir.path().join("snapshots");
+        let (group, msg) = receive(&staging, chunks.into_iter().map(Ok)).expect("receive");
+        assert_eq!(group, 5);
+        // The metadata says what the data reflects, not what the message asked for.
+        let meta = msg.get_snapshot().get_metadata();
+        assert_eq!((meta.index, meta.term), (10, 2));
+
+        let applied =
+            install(&b, 5, WriteBatch::default(), &msg.get_snapshot().data).expect("install");
+        assert_eq!(applied.index, 10);
+        assert_eq!(applied.leader_index, Some(4));
+        assert_eq!(table(&b, 5), table(&a, 5));
+        assert_eq!(table(&b, 6).len(), 1, "other tables are untouched");
+        assert_eq!(
+            b.get(keys::CF_META, &keys::snapshot_install_key(5))
+                .expect("get"),
+            None
+        );
+        assert_eq!(
+            std::fs::read_dir(&staging).expect("dir").count(),
+            0,
+            "staged file removed"
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_refused_and_leaves_no_file() {
+        let (_a, a) = sender();
+        let mut chunks = chunks_of(&a, 5, 7);
+        chunks.pop();
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(receive(dir.path(), chunks.into_iter().map(Ok)).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    }
+
+    #[test]
+    fn an_interrupted_install_is_finished_at_open() {
+        let (_a, a) = sender();
+        let (b_dir, b) = engine();
+        let staging = b_dir.path().join("snapshots");
+        let (_, msg) = receive(&staging, chunks_of(&a, 5, 7).into_iter().map(Ok)).expect("receive");
+        // Crash right after the synced raft-state batch: only the marker is written.
+        put(
+            &b,
+            keys::CF_META,
+            keys::snapshot_install_key(5),
+            &msg.get_snapshot().data,
+        );
+        put(&b, keys::CF_DATA, keys::data_key(5, b"stale"), b"x");
+        redo_installs(&b, &staging).expect("redo");
+        assert_eq!(table(&b, 5), table(&a, 5));
+        let applied = b
+            .get(keys::CF_META, &keys::applied_key(5))
+            .expect("get")
+            .expect("applied");
+        assert_eq!(AppliedState::decode(&applied).expect("decode").index, 10);
+        assert_eq!(
+            b.get(keys::CF_META, &keys::snapshot_install_key(5))
+                .expect("get"),
+            None
+        );
+    }
+}
