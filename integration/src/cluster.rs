@@ -297,6 +297,13 @@ impl Cluster {
         self.proxy(j, i).heal();
     }
 
+    /// Silently drops everything between nodes `i` and `j`, both directions, keeping the
+    /// connections open (a partition that only timeouts reveal).
+    pub fn blackhole(&self, i: u64, j: u64) {
+        self.proxy(i, j).blackhole();
+        self.proxy(j, i).blackhole();
+    }
+
     /// Cuts node `id` off from every other node.
     pub fn isolate(&self, id: u64) {
         for other in Self::ids().filter(|&o| o != id) {

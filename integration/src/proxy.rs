@@ -3,7 +3,9 @@
 //! Each node dials each peer on its own connection, so a proxy placed on the address node
 //! `i` dials for node `j` carries exactly the traffic `i -> j`. Cutting it closes every open
 //! connection at once and closes new ones as soon as they are accepted, until healed: to the
-//! nodes it looks like a peer that keeps resetting connections.
+//! nodes it looks like a peer that keeps resetting connections. Blackholing it instead
+//! keeps every connection open but silent, as a real network partition does: only
+//! timeouts and keepalives can tell.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,11 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 struct Link {
     cut: bool,
+    /// When cut: hold connections open and silent instead of closing them.
+    blackhole: bool,
     generation: CancellationToken,
+    /// Ends the connections a blackhole holds (on heal).
+    held: CancellationToken,
 }
 
 /// A proxy on `127.0.0.1:0` forwarding to one target; stops when dropped.
@@ -41,7 +47,9 @@ impl LinkProxy {
         let shutdown = CancellationToken::new();
         let link = Arc::new(Mutex::new(Link {
             cut: false,
+            blackhole: false,
             generation: shutdown.child_token(),
+            held: shutdown.child_token(),
         }));
         let accept = tokio::spawn(accept_loop(listener, target, link.clone()));
         Self {
@@ -67,6 +75,16 @@ impl LinkProxy {
     pub fn cut(&self) {
         let mut link = self.link.lock().expect("link lock");
         link.cut = true;
+        link.blackhole = false;
+        link.generation.cancel();
+    }
+
+    /// Stops forwarding without closing anything: open connections and new ones stay
+    /// open but carry no bytes until [`Self::heal`] (which then closes them).
+    pub fn blackhole(&self) {
+        let mut link = self.link.lock().expect("link lock");
+        link.cut = true;
+        link.blackhole = true;
         link.generation.cancel();
     }
 
@@ -75,7 +93,10 @@ impl LinkProxy {
         let mut link = self.link.lock().expect("link lock");
         if link.cut {
             link.cut = false;
+            link.blackhole = false;
             link.generation = self.shutdown.child_token();
+            link.held.cancel();
+            link.held = self.shutdown.child_token();
         }
     }
 
@@ -99,35 +120,56 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, link: Arc<Mutex<
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
-        // Take the token under the lock, so a concurrent cut either refuses this
+        // Take the tokens under the lock, so a concurrent cut either treats this
         // connection here or cancels the token it gets.
-        let generation = {
+        let (generation, held) = {
             let link = link.lock().expect("link lock");
-            (!link.cut).then(|| link.generation.clone())
+            let generation = (!link.cut).then(|| link.generation.clone());
+            let held = (link.cut && link.blackhole).then(|| link.held.clone());
+            (generation, held)
         };
-        match generation {
-            None => drop(inbound),
-            Some(token) => {
+        match (generation, held) {
+            (Some(token), _) => {
+                let link = link.clone();
+                tokio::spawn(forward(inbound, target, token, link));
+            }
+            // Blackholed: keep the connection open and silent.
+            (None, Some(held)) => {
                 tokio::spawn(async move {
-                    tokio::select! {
-                        biased;
-                        () = token.cancelled() => {}
-                        () = forward(inbound, target) => {}
-                    }
+                    held.cancelled().await;
+                    drop(inbound);
                 });
             }
+            (None, None) => drop(inbound),
         }
     }
 }
 
-/// Copies both ways until either side closes; dropping the streams closes both.
-async fn forward(mut inbound: TcpStream, target: SocketAddr) {
+/// Copies both ways until either side closes or the link is cut; dropping the streams
+/// closes both, except under a blackhole, which holds them open and silent until healed.
+async fn forward(
+    mut inbound: TcpStream,
+    target: SocketAddr,
+    token: CancellationToken,
+    link: Arc<Mutex<Link>>,
+) {
     let Ok(mut outbound) = TcpStream::connect(target).await else {
         return; // the target is down: the dialer sees its connection closed
     };
     let _ = inbound.set_nodelay(true);
     let _ = outbound.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    tokio::select! {
+        biased;
+        () = token.cancelled() => {}
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+    }
+    let held = {
+        let link = link.lock().expect("link lock");
+        (link.cut && link.blackhole).then(|| link.held.clone())
+    };
+    if let Some(held) = held {
+        held.cancelled().await;
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +239,34 @@ mod tests {
         let mut after = TcpStream::connect(proxy.addr()).await.expect("connect");
         round_trip(&mut after, b"healed").await;
         round_trip(&mut after, b"again").await;
+    }
+
+    /// Nothing comes back within a short while, and the connection is not closed.
+    async fn assert_silent(s: &mut TcpStream) {
+        s.write_all(b"ping")
+            .await
+            .expect("write into the blackhole");
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        assert!(read.is_err(), "a blackholed connection answered: {read:?}");
+    }
+
+    #[tokio::test]
+    async fn blackholes_hold_connections_silent_until_healed() {
+        let proxy = LinkProxy::start(echo_server().await).await;
+        let mut before = TcpStream::connect(proxy.addr()).await.expect("connect");
+        round_trip(&mut before, b"hello").await;
+
+        proxy.blackhole();
+        assert_silent(&mut before).await;
+        let mut during = TcpStream::connect(proxy.addr()).await.expect("accepted");
+        assert_silent(&mut during).await;
+
+        proxy.heal();
+        assert_closed(&mut before).await;
+        assert_closed(&mut during).await;
+        let mut after = TcpStream::connect(proxy.addr()).await.expect("connect");
+        round_trip(&mut after, b"healed").await;
     }
 
     #[tokio::test]

@@ -313,11 +313,35 @@ async fn link_cut_majority_keeps_serving() {
         "writers keep going through every node after the heal ({mark} then {})",
         writers.acked()
     );
+
+    // Phase 3: a silent partition. The leader's links stay open but carry nothing, so
+    // only raft timeouts and HTTP/2 keepalives can notice.
+    let silent = cluster.wait_leader(TABLE, FAILOVER).await;
+    let majority = others(silent);
+    for &o in &majority {
+        cluster.blackhole(silent, o);
+    }
+    writers.set_targets(cluster.channels(&majority));
+    let replacement = cluster.wait_leader_among(TABLE, &majority, FAILOVER).await;
+    let mark = writers.acked();
+    assert!(
+        writers.wait_acked(mark + 100, RESUME).await,
+        "writers keep going through {replacement} while {silent} is blackholed ({mark} then {})",
+        writers.acked()
+    );
+    cluster.heal_all();
+    writers.set_targets(all_channels(&cluster));
+    let mark = writers.acked();
+    assert!(
+        writers.wait_acked(mark + 100, RESUME).await,
+        "writers keep going after the blackhole heals ({mark} then {})",
+        writers.acked()
+    );
     let log = writers.stop().await;
     let data = assert_converged(&all_nodes(&cluster), TABLE, &log, CONVERGE).await;
     let leader_after = cluster.wait_leader(TABLE, FAILOVER).await;
     println!(
-        "{} acknowledged, {} present on all 3 nodes; leaders {leader} -> {old} -> {new} -> {leader_after}",
+        "{} acknowledged, {} present on all 3 nodes; leaders {leader} -> {old} -> {new} -> {replacement} -> {leader_after}",
         log.acked.len(),
         data.len()
     );
