@@ -308,11 +308,18 @@ async fn link_cut_majority_keeps_serving() {
     cluster.heal_all();
     writers.set_targets(all_channels(&cluster));
     let mark = writers.acked();
-    assert!(
-        writers.wait_acked(mark + 100, RESUME).await,
-        "writers keep going through every node after the heal ({mark} then {})",
-        writers.acked()
-    );
+    if !writers.wait_acked(mark + 100, RESUME).await {
+        for id in Cluster::ids() {
+            eprintln!(
+                "DIAG node {id}: {:?}",
+                cluster.status(id).await.map(|s| s.tables)
+            );
+        }
+        panic!(
+            "writers keep going through every node after the heal ({mark} then {})",
+            writers.acked()
+        );
+    }
 
     // Phase 3: a silent partition. The leader's links stay open but carry nothing, so
     // only raft timeouts and HTTP/2 keepalives can notice.
