@@ -395,8 +395,9 @@ struct RaftGroup<M: StateMachine> {
     log_writer: LogWriter,
     transport: Arc<dyn Transport>,
     metrics: GroupMetrics,
-    /// Proposals made on this replica and not yet applied, by sequence number.
-    proposals: HashMap<u64, Reply<M::Output>>,
+    /// Proposals made on this replica and not yet applied, by sequence number, with the
+    /// leader they were forwarded to (0: proposed as leader).
+    proposals: HashMap<u64, (u64, Reply<M::Output>)>,
     /// Index and term of proposals appended while this replica led, by index: if another
     /// entry is applied there, the proposal was overwritten and its caller is told so.
     proposed_at: BTreeMap<u64, (u64, u64)>,
@@ -497,7 +498,7 @@ impl<M: StateMachine> RaftGroup<M> {
             }
         }
         if self.ticks.is_multiple_of(SWEEP_TICKS) {
-            self.proposals.retain(|_, reply| !reply.is_closed());
+            self.proposals.retain(|_, (_, reply)| !reply.is_closed());
             self.reads.retain(|_, read| !read.reply.is_closed());
         }
     }
@@ -632,7 +633,8 @@ impl<M: StateMachine> RaftGroup<M> {
                     self.proposed_at
                         .insert(index, (self.raw_node.raft.term, id.seq));
                 }
-                self.proposals.insert(id.seq, reply);
+                let via = if leading { 0 } else { self.leader() };
+                self.proposals.insert(id.seq, (via, reply));
             }
             Err(e) => {
                 let _ = reply.send(Err(Error::from(e)));
@@ -777,7 +779,7 @@ impl<M: StateMachine> RaftGroup<M> {
         let covered: Vec<u64> = self.proposed_at.range(..=index).map(|(i, _)| *i).collect();
         for i in covered {
             if let Some((_, seq)) = self.proposed_at.remove(&i)
-                && let Some(reply) = self.proposals.remove(&seq)
+                && let Some((_, reply)) = self.proposals.remove(&seq)
             {
                 let _ = reply.send(Err(Error::ProposalDropped));
             }
@@ -786,6 +788,21 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn on_leader_change(&mut self, leader: u64) {
+        // A proposal forwarded to a leader that is no longer leader may have been lost
+        // with it (raft drops forwarded proposals silently) or may still commit: its
+        // outcome is unknown, and saying so now beats letting the caller wait out its
+        // deadline.
+        let lost: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, (via, _))| *via != 0 && *via != leader)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in lost {
+            if let Some((_, reply)) = self.proposals.remove(&seq) {
+                let _ = reply.send(Err(Error::ProposalDropped));
+            }
+        }
         if leader != 0 {
             let waiting = std::mem::take(&mut self.waiting);
             for req in waiting {
@@ -822,7 +839,7 @@ impl<M: StateMachine> RaftGroup<M> {
             let mine = ProposalId::decode(&entry.context)
                 .filter(|id| id.node == self.config.node_id && id.incarnation == *INCARNATION);
             if let Some(id) = mine
-                && let Some(reply) = self.proposals.remove(&id.seq)
+                && let Some((_, reply)) = self.proposals.remove(&id.seq)
             {
                 let _ = reply.send(output);
             }
@@ -834,7 +851,7 @@ impl<M: StateMachine> RaftGroup<M> {
                 }
                 let (_, (_, seq)) = first.remove_entry();
                 if mine.is_none_or(|id| id.seq != seq)
-                    && let Some(reply) = self.proposals.remove(&seq)
+                    && let Some((_, reply)) = self.proposals.remove(&seq)
                 {
                     let _ = reply.send(Err(Error::ProposalDropped));
                 }
@@ -885,7 +902,7 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn fail_all(&mut self, err: impl Fn() -> Error) {
-        for (_, reply) in self.proposals.drain() {
+        for (_, (_, reply)) in self.proposals.drain() {
             let _ = reply.send(Err(err()));
         }
         self.proposed_at.clear();

@@ -453,3 +453,26 @@ async fn group_commit_holds_across_tables_and_peers() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_a_lost_leader_fails_fast_when_a_new_one_is_elected() {
+    let c = Cluster::start(10_000);
+    c.create("t").await;
+    let old = c.leader("t", &IDS).await;
+    let others: Vec<u64> = IDS.iter().copied().filter(|&id| id != old).collect();
+    c.net.isolate(old, &others);
+    // The follower still believes in the old leader and forwards to it; the message is lost.
+    let follower = c.table(others[0], "t");
+    let write = tokio::spawn(async move { follower.propose(&put(b"k", b"v")).await });
+    c.leader("t", &others).await;
+    let outcome = tokio::time::timeout(DEADLINE, write)
+        .await
+        .expect("the caller hears back once a new leader is known")
+        .expect("task");
+    assert!(
+        matches!(outcome, Err(flotilla_tables::Error::ProposalDropped)),
+        "outcome unknown, reported as such: {outcome:?}"
+    );
+    c.net.heal();
+    c.shutdown().await;
+}
