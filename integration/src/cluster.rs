@@ -379,6 +379,16 @@ impl Cluster {
             leader.is_some()
         })
         .await;
+        if !found {
+            // What each node believes, for whoever has to find out why.
+            for &id in ids {
+                let view = match self.status(id).await {
+                    Some(s) => format!("{:?}", s.tables.get(table)),
+                    None => "no answer".to_owned(),
+                };
+                eprintln!("DIAG node {id} sees {table:?}: {view}");
+            }
+        }
         assert!(
             found,
             "nodes {ids:?} agreed on no leader of {table:?} within {timeout:?}"
