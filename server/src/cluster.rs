@@ -80,8 +80,10 @@ impl Cluster for ClusterService {
                 for t in self.api.node.tables() {
                     let s = t.status();
                     let leader = s.leader.load(Relaxed);
-                    let commit = s.commit.load(Relaxed);
                     let applied = s.applied.load(Relaxed);
+                    // Both are published by the group task without a common lock; an
+                    // applied entry is committed, so never report less.
+                    let commit = s.commit.load(Relaxed).max(applied);
                     if leader == 0 {
                         errors.push(format!("{}: no leader", t.name()));
                     }

@@ -821,6 +821,11 @@ impl<M: StateMachine> RaftGroup<M> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
+        // The commit index first: whoever sees an entry applied must not see an older
+        // commit index next to it.
+        self.status
+            .commit
+            .store(self.raw_node.raft.raft_log.committed, Ordering::Relaxed);
         for entry in entries {
             let data: &[u8] = match entry.get_entry_type() {
                 EntryType::EntryNormal => &entry.data,
