@@ -77,7 +77,11 @@ impl Process {
                 "127.0.0.1:0",
             ])
             .args(extra_args)
-            .env("RUST_LOG", "warn")
+            // FLOTILLA_TEST_LOG (e.g. `info`) makes the nodes chattier when a test needs a look inside.
+            .env(
+                "RUST_LOG",
+                std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

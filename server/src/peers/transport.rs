@@ -31,6 +31,8 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Reconnect backoff bounds.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest wait for a stream to take one batch before the link is reopened.
+const SEND_STALL: Duration = Duration::from_secs(3);
 /// Snapshots streamed to one peer at the same time.
 const SNAPSHOTS_PER_PEER: usize = 2;
 
@@ -266,8 +268,12 @@ impl Link {
                 }
             }
             tokio::select! {
-                sent = tx.send(batch) => if sent.is_err() {
-                    return Err(tonic::Status::aborted("stream closed"));
+                sent = tokio::time::timeout(SEND_STALL, tx.send(batch)) => match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(tonic::Status::aborted("stream closed")),
+                    // The stream takes nothing (flow control never reopened) although the
+                    // connection looks alive: start over on a fresh one.
+                    Err(_) => return Err(tonic::Status::deadline_exceeded("stream stalled")),
                 },
                 ended = &mut call => return Err(closed(ended)),
             }
