@@ -33,6 +33,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Longest wait for a stream to take one batch before the link is reopened.
 const SEND_STALL: Duration = Duration::from_secs(3);
+/// Longest a snapshot stream may go without taking a chunk (or, after the last one,
+/// without the receiver answering) before it is abandoned and reported failed.
+const SNAPSHOT_IDLE: Duration = Duration::from_secs(15);
 /// Snapshots streamed to one peer at the same time.
 const SNAPSHOTS_PER_PEER: usize = 2;
 
@@ -298,13 +301,34 @@ async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
 async fn stream_snapshot(addr: &str, group_id: u64, msg: Message, router: Router) -> Option<()> {
     let channel = connect(addr).await.ok()?;
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(2);
+    // Chunks taken by the stream so far: a transfer that stops taking them is abandoned,
+    // or raft would wait for its outcome (and not replicate to that peer) forever.
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = progress.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        router.read_snapshot(group_id, &msg, |chunk| tx.blocking_send(chunk).is_ok())
+        router.read_snapshot(group_id, &msg, |chunk| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tx.blocking_send(chunk).is_ok()
+        })
     });
-    let sent = RaftClient::new(channel)
-        .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES)
-        .snapshot(ReceiverStream::new(rx))
-        .await;
+    let mut client = RaftClient::new(channel).max_encoding_message_size(MAX_PEER_MESSAGE_BYTES);
+    // Boxed so it can be dropped (closing its request stream) before the reader is awaited.
+    let mut call = Box::pin(client.snapshot(ReceiverStream::new(rx)));
+    let mut seen = 0;
+    let sent = loop {
+        tokio::select! {
+            sent = &mut call => break sent,
+            () = tokio::time::sleep(SNAPSHOT_IDLE) => {
+                let now = progress.load(std::sync::atomic::Ordering::Relaxed);
+                if now == seen {
+                    break Err(tonic::Status::deadline_exceeded("snapshot stream stalled"));
+                }
+                seen = now;
+            }
+        }
+    };
+    // Dropping the call (if it stalled) closes the channel, which ends the reader.
+    drop(call);
     let read = reader.await;
     match (sent, read) {
         (Ok(_), Ok(Ok(()))) => Some(()),
