@@ -158,11 +158,6 @@ impl Process {
             .expect("connect")
     }
 
-    /// The OS process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
     /// SIGKILL, then reap.
     pub async fn kill9(mut self) {
         self.child.start_kill().expect("kill -9");

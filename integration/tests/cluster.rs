@@ -62,6 +62,42 @@ async fn write_through(
     .await
 }
 
+/// The background writers get `more` acknowledgements within [`RESUME`]; `what` says
+/// through whom, for the failure message.
+async fn assert_writes_continue(writers: &Writers, more: usize, what: &str) {
+    let mark = writers.acked();
+    assert!(
+        writers.wait_acked(mark + more, RESUME).await,
+        "writers keep going {what} ({mark} then {})",
+        writers.acked()
+    );
+}
+
+/// A write through each node of `vias` succeeds within [`FAILOVER`].
+async fn assert_writes_through(
+    cluster: &Cluster,
+    vias: &[u64],
+    table: &str,
+    log: &SharedLog,
+    phase: &str,
+    while_what: &str,
+) {
+    for &via in vias {
+        assert!(
+            write_through(
+                cluster,
+                via,
+                table,
+                log,
+                &format!("{phase}-via{via}"),
+                FAILOVER
+            )
+            .await,
+            "a write through node {via} succeeds while {while_what}"
+        );
+    }
+}
+
 /// Starts a cluster, checks every node lists all three members, creates `table` and
 /// returns the cluster with the table's leader.
 async fn setup(root: &std::path::Path, opts: ClusterOptions, table: &str) -> (Cluster, u64) {
@@ -232,26 +268,9 @@ async fn link_cut_majority_keeps_serving() {
     let [cut_off, other] = <[u64; 2]>::try_from(others(leader)).expect("two followers");
     cluster.cut(leader, cut_off);
     writers.set_targets(cluster.channels(&[leader, other]));
-    for via in [leader, other] {
-        assert!(
-            write_through(
-                &cluster,
-                via,
-                TABLE,
-                &log,
-                &format!("cut1-via{via}"),
-                FAILOVER
-            )
-            .await,
-            "a write through node {via} succeeds while {leader} and {cut_off} are cut apart"
-        );
-    }
-    let mark = writers.acked();
-    assert!(
-        writers.wait_acked(mark + 200, RESUME).await,
-        "writers keep going through the majority side ({mark} then {})",
-        writers.acked()
-    );
+    let while_what = format!("{leader} and {cut_off} are cut apart");
+    assert_writes_through(&cluster, &[leader, other], TABLE, &log, "cut1", &while_what).await;
+    assert_writes_continue(&writers, 200, "through the majority side").await;
     cluster.heal(leader, cut_off);
     writers.set_targets(all_channels(&cluster));
 
@@ -261,26 +280,9 @@ async fn link_cut_majority_keeps_serving() {
     cluster.isolate(old);
     writers.set_targets(cluster.channels(&majority));
     let new = cluster.wait_leader_among(TABLE, &majority, FAILOVER).await;
-    for &via in &majority {
-        assert!(
-            write_through(
-                &cluster,
-                via,
-                TABLE,
-                &log,
-                &format!("cut2-via{via}"),
-                FAILOVER
-            )
-            .await,
-            "a write through node {via} succeeds while {old} is isolated"
-        );
-    }
-    let mark = writers.acked();
-    assert!(
-        writers.wait_acked(mark + 200, RESUME).await,
-        "writers keep going through the new leader {new} ({mark} then {})",
-        writers.acked()
-    );
+    let while_what = format!("{old} is isolated");
+    assert_writes_through(&cluster, &majority, TABLE, &log, "cut2", &while_what).await;
+    assert_writes_continue(&writers, 200, &format!("through the new leader {new}")).await;
     // CheckQuorum: the old leader notices it lost its majority and steps down. It must
     // answer Status to count: silence proves nothing.
     assert!(
@@ -339,20 +341,11 @@ async fn link_cut_majority_keeps_serving() {
     }
     writers.set_targets(cluster.channels(&majority));
     let replacement = cluster.wait_leader_among(TABLE, &majority, FAILOVER).await;
-    let mark = writers.acked();
-    assert!(
-        writers.wait_acked(mark + 100, RESUME).await,
-        "writers keep going through {replacement} while {silent} is blackholed ({mark} then {})",
-        writers.acked()
-    );
+    let what = format!("through {replacement} while {silent} is blackholed");
+    assert_writes_continue(&writers, 100, &what).await;
     cluster.heal_all();
     writers.set_targets(all_channels(&cluster));
-    let mark = writers.acked();
-    assert!(
-        writers.wait_acked(mark + 100, RESUME).await,
-        "writers keep going after the blackhole heals ({mark} then {})",
-        writers.acked()
-    );
+    assert_writes_continue(&writers, 100, "after the blackhole heals").await;
     let log = writers.stop().await;
     let data = assert_converged(&all_nodes(&cluster), TABLE, &log, CONVERGE).await;
     let leader_after = cluster.wait_leader(TABLE, FAILOVER).await;

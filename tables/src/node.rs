@@ -295,11 +295,6 @@ impl Node {
         self.shared.router.clone()
     }
 
-    /// Raft status of the catalog group on this node.
-    pub fn catalog_status(&self) -> &group::GroupStatus {
-        self.catalog.status()
-    }
-
     /// The node's raft id.
     pub fn node_id(&self) -> u64 {
         self.shared.config.group.node_id
