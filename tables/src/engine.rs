@@ -87,6 +87,11 @@ impl Engine {
         self.db.raw_iterator_cf_opt(self.cf(cf), opts)
     }
 
+    /// A raw iterator over family `cf` with caller-chosen options (bounds, snapshot).
+    pub fn raw_iter_opt(&self, cf: &str, opts: ReadOptions) -> RawIter<'_> {
+        self.db.raw_iterator_cf_opt(self.cf(cf), opts)
+    }
+
     /// A consistent point-in-time view of the whole database.
     pub fn snapshot(&self) -> rocksdb::SnapshotWithThreadMode<'_, DB> {
         self.db.snapshot()
@@ -96,6 +101,16 @@ impl Engine {
     /// is copied, not moved, so an interrupted install can be redone from it.
     pub fn ingest(&self, cf: &str, path: &Path) -> Result<()> {
         let opts = IngestExternalFileOptions::default();
+        self.db
+            .ingest_external_file_cf_opts(self.cf(cf), &opts, vec![path])?;
+        Ok(())
+    }
+
+    /// Loads an SST file into family `cf` by moving (hard-linking) it instead of copying:
+    /// for large imports whose file is not needed afterwards.
+    pub fn ingest_moving(&self, cf: &str, path: &Path) -> Result<()> {
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
         self.db
             .ingest_external_file_cf_opts(self.cf(cf), &opts, vec![path])?;
         Ok(())

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
+use crate::import::{Fetch, LoadedSnapshot};
 use crate::log_writer::LogWriter;
 use crate::metrics::GroupMetrics;
 use crate::raft_storage::RaftStorage;
@@ -36,6 +37,23 @@ pub trait StateMachine: Send + 'static {
     /// group's new raft state is in `raft_state`; it must become durable together with
     /// whatever lets a crash mid-install be finished (see [`crate::snapshot`]).
     fn install_snapshot(&mut self, snapshot: &Snapshot, raft_state: WriteBatch) -> Result<()>;
+    /// If the entry `data` loads state from outside the log (see [`crate::import`]), the
+    /// fetch to run first. The group stops applying until the fetch succeeds, then hands
+    /// its result to [`StateMachine::apply_loaded`]; a failed fetch is asked for again.
+    fn external_load(&self, _data: &[u8]) -> Option<Fetch> {
+        None
+    }
+    /// Applies the entry at `index` by swapping in what its fetch produced.
+    fn apply_loaded(
+        &mut self,
+        index: u64,
+        _term: u64,
+        _loaded: LoadedSnapshot,
+    ) -> Result<Self::Output> {
+        Err(Error::Corrupt(format!(
+            "entry {index} loads state this group cannot take"
+        )))
+    }
 }
 
 /// Timing and retention of a group.
@@ -215,11 +233,29 @@ impl<O: Send + 'static> GroupHandle<O> {
     pub async fn stopped(&self) {
         self.stopped.cancelled().await;
     }
+
+    /// The applied index, watched.
+    pub fn applied_watch(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
 }
 
-/// News from outside the mailbox (the log writer), never refused for backpressure.
+/// News from outside the mailbox (the log writer, load fetches), never refused for
+/// backpressure.
 enum Event {
-    Persisted { number: u64, result: Result<()> },
+    Persisted {
+        number: u64,
+        result: Result<()>,
+    },
+    /// A load fetch finished; `generation` tells a current fetch from a superseded one.
+    Loaded {
+        generation: u64,
+        result: Result<LoadedSnapshot>,
+    },
+    /// Time to ask again for a load whose fetch failed.
+    RetryLoad {
+        generation: u64,
+    },
 }
 
 /// Everything needed to start a group task.
@@ -321,6 +357,8 @@ pub fn spawn<M: StateMachine>(
         status,
         applied_tx,
         durable_index: 0,
+        paused: None,
+        load_generation: 0,
     };
     // No parent: a table's group is often spawned while the catalog applies its create.
     let span = tracing::info_span!(parent: None, "group", table = %name, id);
@@ -418,7 +456,14 @@ struct RaftGroup<M: StateMachine> {
     applied_tx: watch::Sender<u64>,
     /// Highest log index known durable.
     durable_index: u64,
+    /// Committed entries held back while a load fetches (the first is the load's).
+    paused: Option<VecDeque<Entry>>,
+    /// Bumped whenever a load starts or is abandoned, so stale fetch results are dropped.
+    load_generation: u64,
 }
+
+/// Wait before fetching again for a load whose fetch failed.
+const LOAD_RETRY: Duration = Duration::from_secs(1);
 
 /// Longest wait for raft to answer a ReadIndex.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(10);
@@ -473,6 +518,7 @@ impl<M: StateMachine> RaftGroup<M> {
                 Some(Event::Persisted { .. }) => {
                     self.in_flight.pop_front();
                 }
+                Some(Event::Loaded { .. } | Event::RetryLoad { .. }) => {}
                 None => break,
             }
         }
@@ -664,7 +710,16 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn on_event(&mut self, event: Event) -> Result<()> {
-        let Event::Persisted { number, result } = event;
+        let (number, result) = match event {
+            Event::Persisted { number, result } => (number, result),
+            Event::Loaded { generation, result } => return self.on_loaded(generation, result),
+            Event::RetryLoad { generation } => {
+                if generation == self.load_generation {
+                    self.start_load();
+                }
+                return Ok(());
+            }
+        };
         result?;
         let Some((n, last, msgs)) = self.in_flight.pop_front() else {
             return Err(Error::Corrupt("persist ack without request".into()));
@@ -750,6 +805,11 @@ impl<M: StateMachine> RaftGroup<M> {
     fn install_snapshot(&mut self, mut rd: Ready) -> Result<()> {
         let snapshot = rd.snapshot().clone();
         let index = snapshot.get_metadata().index;
+        // Whatever a load was fetching is superseded: the snapshot covers every committed
+        // entry (raft only takes snapshots beyond its commit index).
+        if self.paused.take().is_some() {
+            self.load_generation += 1;
+        }
         tracing::info!(
             index,
             term = snapshot.get_metadata().term,
@@ -818,55 +878,134 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
-        let Some(last) = entries.last().map(|e| e.index) else {
+        if let Some(held) = &mut self.paused {
+            held.extend(entries);
             return Ok(());
-        };
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
         // The commit index first: whoever sees an entry applied must not see an older
         // commit index next to it.
         self.status
             .commit
             .store(self.raw_node.raft.raft_log.committed, Ordering::Relaxed);
-        for entry in entries {
+        let mut last_applied = None;
+        let mut entries = VecDeque::from(entries);
+        while let Some(entry) = entries.pop_front() {
             let data: &[u8] = match entry.get_entry_type() {
                 EntryType::EntryNormal => &entry.data,
                 // Membership is static (set when the table is created); a conf change
                 // entry only advances the applied index.
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
             };
+            if let Some(fetch) = self.machine.external_load(data) {
+                entries.push_front(entry);
+                self.paused = Some(entries);
+                self.spawn_fetch(fetch);
+                break;
+            }
             let output = self.machine.apply(entry.index, entry.term, data);
-            let fatal = output.as_ref().err().map(|e| e.to_string());
-            if fatal.is_none() {
-                // Publish before answering the proposer: whoever it tells about the write
-                // must see it applied in Cluster/Status and in wait_applied.
-                self.status.applied.store(entry.index, Ordering::Relaxed);
-                self.applied_tx.send_replace(entry.index);
+            self.finish_entry(&entry, output)?;
+            last_applied = Some(entry.index);
+        }
+        if let Some(last) = last_applied {
+            self.raw_node.advance_apply_to(last);
+            self.maybe_compact(last)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes an applied entry and answers whoever proposed it; a failed apply stops
+    /// the group.
+    fn finish_entry(&mut self, entry: &Entry, output: Result<M::Output>) -> Result<()> {
+        let fatal = output.as_ref().err().map(|e| e.to_string());
+        if fatal.is_none() {
+            // Publish before answering the proposer: whoever it tells about the write
+            // must see it applied in Cluster/Status and in wait_applied.
+            self.status.applied.store(entry.index, Ordering::Relaxed);
+            self.applied_tx.send_replace(entry.index);
+        }
+        let mine = ProposalId::decode(&entry.context)
+            .filter(|id| id.node == self.config.node_id && id.incarnation == *INCARNATION);
+        if let Some(id) = mine
+            && let Some((_, reply)) = self.proposals.remove(&id.seq)
+        {
+            let _ = reply.send(output);
+        }
+        // Proposals this replica appended as leader at or before this index and not
+        // answered above were overwritten by another leader's entries.
+        while let Some(first) = self.proposed_at.first_entry() {
+            if *first.key() > entry.index {
+                break;
             }
-            let mine = ProposalId::decode(&entry.context)
-                .filter(|id| id.node == self.config.node_id && id.incarnation == *INCARNATION);
-            if let Some(id) = mine
-                && let Some((_, reply)) = self.proposals.remove(&id.seq)
+            let (_, (_, seq)) = first.remove_entry();
+            if mine.is_none_or(|id| id.seq != seq)
+                && let Some((_, reply)) = self.proposals.remove(&seq)
             {
-                let _ = reply.send(output);
-            }
-            // Proposals this replica appended as leader at or before this index and not
-            // answered above were overwritten by another leader's entries.
-            while let Some(first) = self.proposed_at.first_entry() {
-                if *first.key() > entry.index {
-                    break;
-                }
-                let (_, (_, seq)) = first.remove_entry();
-                if mine.is_none_or(|id| id.seq != seq)
-                    && let Some((_, reply)) = self.proposals.remove(&seq)
-                {
-                    let _ = reply.send(Err(Error::ProposalDropped));
-                }
-            }
-            if let Some(e) = fatal {
-                return Err(Error::Unavailable(format!("apply failed: {e}")));
+                let _ = reply.send(Err(Error::ProposalDropped));
             }
         }
-        self.raw_node.advance_apply_to(last);
-        self.maybe_compact(last)
+        match fatal {
+            Some(e) => Err(Error::Unavailable(format!("apply failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Fetches again for the load entry at the head of the paused entries.
+    fn start_load(&mut self) {
+        if let Some(fetch) = self
+            .paused
+            .as_ref()
+            .and_then(|held| held.front())
+            .and_then(|entry| self.machine.external_load(&entry.data))
+        {
+            self.spawn_fetch(fetch);
+        }
+    }
+
+    /// Runs a load's fetch off the group task; its result comes back as an event.
+    fn spawn_fetch(&mut self, fetch: Fetch) {
+        self.load_generation += 1;
+        let generation = self.load_generation;
+        tracing::info!("applying paused: loading a snapshot from outside the log");
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = fetch.await;
+            let _ = tx.send(Event::Loaded { generation, result });
+        });
+    }
+
+    fn on_loaded(&mut self, generation: u64, result: Result<LoadedSnapshot>) -> Result<()> {
+        if generation != self.load_generation || self.paused.is_none() {
+            return Ok(()); // superseded (a raft snapshot replaced the state meanwhile)
+        }
+        let loaded = match result {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!("snapshot load failed, retrying in {LOAD_RETRY:?}: {e}");
+                let tx = self.events_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(LOAD_RETRY).await;
+                    let _ = tx.send(Event::RetryLoad { generation });
+                });
+                return Ok(());
+            }
+        };
+        let mut held = self.paused.take().unwrap_or_default();
+        let Some(entry) = held.pop_front() else {
+            return Ok(());
+        };
+        tracing::info!(
+            index = entry.index,
+            leader_index = loaded.leader_index,
+            keys = loaded.keys,
+            "snapshot loaded; applying resumes"
+        );
+        let output = self.machine.apply_loaded(entry.index, entry.term, loaded);
+        self.finish_entry(&entry, output)?;
+        self.raw_node.advance_apply_to(entry.index);
+        self.apply(held.into())
     }
 
     fn maybe_compact(&mut self, applied: u64) -> Result<()> {

@@ -15,6 +15,7 @@ use crate::catalog::{self, CatalogCommand, CatalogListener, CatalogMachine, Cata
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::group::{self, GroupConfig, GroupHandle, GroupParts};
+use crate::import::SnapshotSource;
 use crate::keys::{self, CATALOG_ID};
 use crate::log_writer::{LogWriter, LogWriterMetrics};
 use crate::metrics::TablesMetrics;
@@ -38,6 +39,8 @@ pub struct NodeConfig {
     pub group: GroupConfig,
     /// Threads of the runtime that drives raft groups and applies entries.
     pub raft_threads: usize,
+    /// Where load markers fetch snapshots from: the leader cluster, on a follower cluster.
+    pub snapshot_source: Option<Arc<dyn SnapshotSource>>,
 }
 
 struct Shared {
@@ -106,7 +109,12 @@ impl CatalogListener for Listener {
 impl Shared {
     fn open_table(&self, id: u64, name: &str) -> Result<GroupHandle<crate::fsm::ApplyOutput>> {
         let storage = RaftStorage::load(self.engine.clone(), id)?;
-        let machine = TableMachine::load(self.engine.clone(), id)?;
+        let machine = TableMachine::load(
+            self.engine.clone(),
+            id,
+            name,
+            self.config.snapshot_source.clone(),
+        )?;
         let cancel = self.cancel.child_token();
         let handle = group::spawn(
             GroupParts {

@@ -1,7 +1,9 @@
 //! A table as the API layer sees it: proposals through its raft group, reads from the
 //! shared RocksDB off the async reactor.
 
-use flotilla_proto::mvcc::v1::{Command, ResponseOp, Txn};
+use std::sync::Arc;
+
+use flotilla_proto::mvcc::v1::{Command, KeyValue, ResponseOp, Txn};
 use prost::Message as _;
 use raft::eraftpb::Snapshot;
 use rocksdb::WriteBatch;
@@ -9,8 +11,10 @@ use rocksdb::WriteBatch;
 use crate::applied::AppliedState;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::export::{self, LogRead};
 use crate::fsm::{ApplyOutput, TableFsm, execute_txn};
 use crate::group::{GroupHandle, GroupStatus, StateMachine};
+use crate::import::{self, Fetch, LoadedSnapshot, SnapshotSource};
 use crate::keys;
 use crate::range::{RangePage, RangeQuery};
 use crate::snapshot;
@@ -24,11 +28,19 @@ pub struct TableMachine {
     /// Where snapshots are installed.
     engine: Engine,
     id: u64,
+    name: String,
+    /// Where load markers fetch from (follower clusters only).
+    source: Option<Arc<dyn SnapshotSource>>,
 }
 
 impl TableMachine {
-    /// Loads table `id`'s applied state.
-    pub fn load(engine: Engine, id: u64) -> Result<Self> {
+    /// Loads table `id`'s applied state; load markers fetch from `source`.
+    pub fn load(
+        engine: Engine,
+        id: u64,
+        name: &str,
+        source: Option<Arc<dyn SnapshotSource>>,
+    ) -> Result<Self> {
         let state = match engine.get(keys::CF_META, &keys::applied_key(id))? {
             Some(b) => AppliedState::decode(&b)?,
             None => AppliedState::default(),
@@ -38,6 +50,8 @@ impl TableMachine {
             state,
             engine,
             id,
+            name: name.to_owned(),
+            source,
         })
     }
 }
@@ -56,6 +70,35 @@ impl StateMachine for TableMachine {
     fn install_snapshot(&mut self, snapshot: &Snapshot, raft_state: WriteBatch) -> Result<()> {
         self.state = snapshot::install(&self.engine, self.id, raft_state, &snapshot.data)?;
         Ok(())
+    }
+
+    fn external_load(&self, data: &[u8]) -> Option<Fetch> {
+        let min_leader_index = import::decode_marker(data)?;
+        match &self.source {
+            Some(source) => Some(source.fetch(&self.name, self.id, min_leader_index)),
+            None => {
+                tracing::warn!(
+                    table = self.name,
+                    "load marker on a node without a snapshot source"
+                );
+                None
+            }
+        }
+    }
+
+    fn apply_loaded(
+        &mut self,
+        index: u64,
+        term: u64,
+        loaded: LoadedSnapshot,
+    ) -> Result<ApplyOutput> {
+        let revision = loaded.leader_index;
+        self.state = import::install(&self.engine, self.id, index, term, loaded, &self.state)?;
+        Ok(ApplyOutput {
+            revision,
+            succeeded: true,
+            ..Default::default()
+        })
     }
 }
 
@@ -99,6 +142,44 @@ impl Table {
     /// Waits until everything committed before this call is applied here.
     pub async fn read_barrier(&self) -> Result<()> {
         self.group.read_barrier().await
+    }
+
+    /// Proposes a load marker (see [`crate::import`]): every replica swaps in a snapshot
+    /// reflecting at least `min_leader_index`. Returns once this replica has; the output's
+    /// revision is the leader index it loaded.
+    pub async fn propose_load(&self, min_leader_index: u64) -> Result<ApplyOutput> {
+        self.group
+            .propose(import::encode_marker(min_leader_index))
+            .await
+    }
+
+    /// The applied index, watched: changes as entries are applied here.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.group.applied_watch()
+    }
+
+    /// This replica's applied state as stored (applied index, stored leader index).
+    pub async fn applied_state(&self) -> Result<AppliedState> {
+        let (engine, id) = (self.engine.clone(), self.id());
+        blocking(
+            move || match engine.get(keys::CF_META, &keys::applied_key(id))? {
+                Some(b) => AppliedState::decode(&b),
+                None => Ok(AppliedState::default()),
+            },
+        )
+        .await
+    }
+
+    /// Committed commands from `from` to `to` (inclusive), about `max_bytes` at most.
+    pub async fn read_log(&self, from: u64, to: u64, max_bytes: usize) -> Result<LogRead> {
+        let (engine, id) = (self.engine.clone(), self.id());
+        blocking(move || export::read_log(&engine, id, from, to, max_bytes)).await
+    }
+
+    /// Walks every live key from one consistent snapshot (blocking: call it off the
+    /// reactor); returns the applied state the walk reflects.
+    pub fn export_blocking(&self, emit: impl FnMut(KeyValue) -> bool) -> Result<AppliedState> {
+        export::for_each_pair(&self.engine, self.id(), emit)
     }
 
     /// Waits until this replica has applied `index`.

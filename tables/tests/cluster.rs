@@ -139,6 +139,7 @@ fn open(
             ..GroupConfig::default()
         },
         raft_threads: 1,
+        snapshot_source: None,
     };
     Node::open(config, net.transport(id), registry).expect("open node")
 }

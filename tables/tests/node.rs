@@ -21,6 +21,7 @@ fn open(dir: &std::path::Path) -> Node {
             ..GroupConfig::default()
         },
         raft_threads: 1,
+        snapshot_source: None,
     };
     Node::open(config, Arc::new(NoPeers), &prometheus::Registry::new()).expect("open node")
 }
