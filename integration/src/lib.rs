@@ -77,6 +77,12 @@ impl Process {
                 "127.0.0.1:0",
             ])
             .args(extra_args)
+            .args(
+                (!extra_args.iter().any(|a| a == "--replication.address"))
+                    .then_some(["--replication.address", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             // FLOTILLA_TEST_LOG (e.g. `info`) makes the nodes chattier when a test needs a look inside.
             .env(
                 "RUST_LOG",

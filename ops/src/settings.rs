@@ -94,6 +94,12 @@ pub struct RaftSettings {
 pub struct ReplicationSettings {
     /// Where the leader cluster serves replication to follower clusters.
     pub address: String,
+    /// The leader cluster's replication address a follower cluster pulls from.
+    pub leader_address: String,
+    /// Byte budget of one Log/Replicate message the leader sends.
+    pub max_send_message_size_bytes: u64,
+    /// How often a follower compares its tables with the leader's (also done on demand).
+    pub reconcile_interval: String,
 }
 
 /// `memberlist.*`
@@ -156,6 +162,9 @@ impl Default for ReplicationSettings {
     fn default() -> Self {
         Self {
             address: "http://0.0.0.0:8444".into(),
+            leader_address: "http://127.0.0.1:8444".into(),
+            max_send_message_size_bytes: 4 << 20,
+            reconcile_interval: "5s".into(),
         }
     }
 }
@@ -216,7 +225,19 @@ pub const KEYS: &[(&str, &str)] = &[
     ("raft.threads", "Threads driving raft groups [default: 2]"),
     (
         "replication.address",
-        "Replication listen address [default: http://0.0.0.0:8444]",
+        "Replication listen address of a leader cluster [default: http://0.0.0.0:8444]",
+    ),
+    (
+        "replication.leader-address",
+        "Leader cluster's replication address a follower pulls from [default: http://127.0.0.1:8444]",
+    ),
+    (
+        "replication.max-send-message-size-bytes",
+        "Bytes of commands in one replication message [default: 4194304]",
+    ),
+    (
+        "replication.reconcile-interval",
+        "How often a follower compares its tables with the leader's [default: 5s]",
     ),
     ("memberlist.cluster-name", "Cluster name [default: default]"),
     (
@@ -284,6 +305,14 @@ impl Settings {
         }
         listen_addr("api.address", &self.api.address)?;
         listen_addr("rest.address", &self.rest.address)?;
+        listen_addr("replication.address", &self.replication.address)?;
+        self.reconcile_interval()?;
+        if self.replication.max_send_message_size_bytes < 1024 {
+            return Err(invalid(
+                "replication.max-send-message-size-bytes",
+                "must be at least 1024",
+            ));
+        }
         Ok(())
     }
 
@@ -339,6 +368,26 @@ impl Settings {
     /// The socket address `raft.address` names (node-to-node traffic).
     pub fn raft_listen(&self) -> Result<SocketAddr, SettingsError> {
         listen_addr("raft.address", &self.raft.address)
+    }
+
+    /// The socket address `replication.address` names.
+    pub fn replication_listen(&self) -> Result<SocketAddr, SettingsError> {
+        listen_addr("replication.address", &self.replication.address)
+    }
+
+    /// How often a follower reconciles its table set.
+    pub fn reconcile_interval(&self) -> Result<Duration, SettingsError> {
+        parse_duration(&self.replication.reconcile_interval)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                invalid(
+                    "replication.reconcile-interval",
+                    format!(
+                        "{:?} is not a duration like 5s",
+                        self.replication.reconcile_interval
+                    ),
+                )
+            })
     }
 
     /// The socket address `rest.address` names.

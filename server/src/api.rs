@@ -26,6 +26,8 @@ pub struct Api {
     pub grpc: GrpcMetrics,
     /// Client API addresses of the other members, as they announced them.
     pub peers: crate::peers::PeerDirectory,
+    /// Set on a follower cluster: its link to the leader cluster.
+    pub follower: Option<flotilla_replication::follower::Follower>,
 }
 
 /// Applied when a client sends no deadline (Armada's default).

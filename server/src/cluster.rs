@@ -97,6 +97,9 @@ impl Cluster for ClusterService {
                         },
                     );
                 }
+                if let Some(follower) = &self.api.follower {
+                    errors.extend(follower.errors());
+                }
                 let config = req.config.then(|| Struct {
                     fields: self
                         .api

@@ -63,6 +63,14 @@ impl KvService {
 
     async fn put_impl(&self, req: PutRequest) -> Result<PutResponse, Status> {
         validate::put(&req)?;
+        if let Some(follower) = &self.api.follower {
+            let name = req.table.clone();
+            let resp = follower.leader_kv().put(req).await.map_err(leader_error)?;
+            let resp = resp.into_inner();
+            self.wait_replicated(&name, revision_of(&resp.header))
+                .await?;
+            return Ok(resp);
+        }
         let table = self.table(&req.table).await?;
         let cmd = Command {
             table: req.table,
@@ -88,6 +96,18 @@ impl KvService {
 
     async fn delete_impl(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, Status> {
         validate::delete_range(&req)?;
+        if let Some(follower) = &self.api.follower {
+            let name = req.table.clone();
+            let resp = follower
+                .leader_kv()
+                .delete_range(req)
+                .await
+                .map_err(leader_error)?;
+            let resp = resp.into_inner();
+            self.wait_replicated(&name, revision_of(&resp.header))
+                .await?;
+            return Ok(resp);
+        }
         let table = self.table(&req.table).await?;
         let cmd = Command {
             table: req.table,
@@ -117,8 +137,18 @@ impl KvService {
 
     async fn txn_impl(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
         validate::txn(&req)?;
-        let table = self.table(&req.table).await?;
         let read_only = validate::is_read_only(&req);
+        if let Some(follower) = &self.api.follower
+            && !read_only
+        {
+            let name = req.table.clone();
+            let resp = follower.leader_kv().txn(req).await.map_err(leader_error)?;
+            let resp = resp.into_inner();
+            self.wait_replicated(&name, revision_of(&resp.header))
+                .await?;
+            return Ok(resp);
+        }
+        let table = self.table(&req.table).await?;
         let txn = Txn {
             compare: req.compare,
             success: req.success,
@@ -147,6 +177,53 @@ impl KvService {
             responses: out.responses,
         })
     }
+}
+
+impl KvService {
+    /// Waits until this follower has applied leader revision `revision` of `name`
+    /// (read-your-writes for a forwarded write). The caller's deadline bounds the wait:
+    /// the write is committed on the leader either way.
+    async fn wait_replicated(&self, name: &[u8], revision: u64) -> Result<(), Status> {
+        let name = table_name(name)?;
+        let table = loop {
+            match self.api.node.table(name) {
+                Ok(t) => break t,
+                Err(_) => {
+                    // Created on the leader, not here yet: reconcile now.
+                    if let Some(f) = &self.api.follower {
+                        f.reconcile_soon();
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let mut applied = table.applied_watch();
+        loop {
+            let state = table.applied_state().await.map_err(kv_status)?;
+            if state.leader_index.is_some_and(|li| li >= revision) {
+                return Ok(());
+            }
+            if applied.changed().await.is_err() {
+                return Err(Status::unavailable("table stopped"));
+            }
+        }
+    }
+}
+
+fn revision_of(header: &Option<flotilla_proto::regatta::v1::ResponseHeader>) -> u64 {
+    header.as_ref().map_or(0, |h| h.revision)
+}
+
+/// A forwarded write's failure as the follower's caller sees it (WIRE.md §5.7).
+fn leader_error(status: Status) -> Status {
+    Status::new(
+        status.code(),
+        format!(
+            "leader error: rpc error: code = {:?} desc = {}",
+            status.code(),
+            status.message()
+        ),
+    )
 }
 
 fn query_of(req: &RangeRequest) -> RangeQuery {

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cluster;
 pub mod grpc_metrics;
 pub mod kv;
+pub mod maintenance;
 pub mod metrics_svc;
 pub mod peers;
 pub mod rest;
@@ -20,10 +21,16 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use flotilla_ops::Settings;
 use flotilla_proto::flotilla::raft::v1::raft_server::RaftServer;
+use flotilla_proto::maintenance::v1::maintenance_server::MaintenanceServer;
 use flotilla_proto::regatta::v1::{
     cluster_server::ClusterServer, kv_server::KvServer, metrics_server::MetricsServer,
     tables_server::TablesServer,
 };
+use flotilla_proto::replication::v1::{
+    log_server::LogServer, metadata_server::MetadataServer, snapshot_server::SnapshotServer,
+};
+use flotilla_replication::follower::{self, FollowerConfig, LeaderSnapshots, ReplicationMetrics};
+use flotilla_replication::leader::LeaderService;
 use flotilla_tables::group::GroupConfig;
 use flotilla_tables::transport::{NoPeers, Transport};
 use flotilla_tables::{Node, NodeConfig};
@@ -31,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
+use tonic::transport::server::Router;
 
 use crate::api::Api;
 
@@ -38,6 +46,15 @@ use crate::api::Api;
 pub const MAX_RECV_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest gRPC message sent: a 4 MiB response page plus headers and framing.
 pub const MAX_SEND_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Which kind of cluster the node belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Takes writes; serves replication to follower clusters.
+    Leader,
+    /// Pulls every table from a leader cluster; forwards writes to it.
+    Follower,
+}
 
 /// A started server.
 #[derive(Debug)]
@@ -48,6 +65,8 @@ pub struct Running {
     pub rest_addr: SocketAddr,
     /// Where peers' raft traffic arrives (multi-node clusters only).
     pub raft_addr: Option<SocketAddr>,
+    /// Where follower clusters pull from (leader clusters only).
+    pub replication_addr: Option<SocketAddr>,
     node: Arc<Node>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -74,10 +93,27 @@ impl Running {
     }
 }
 
-/// Opens the node's storage and serves the API and admin endpoints.
-pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+/// Opens the node's storage and serves the API and admin endpoints; a leader also serves
+/// replication, a follower starts pulling from its leader cluster.
+pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let registry = flotilla_ops::telemetry::new_registry();
     let members = settings.members()?;
+    let replication = match role {
+        Role::Leader => None,
+        Role::Follower => {
+            let channel = follower::leader_channel(&settings.replication.leader_address)
+                .context("replication.leader-address")?;
+            let metrics = ReplicationMetrics::new(&registry)?;
+            let source = LeaderSnapshots::new(
+                channel.clone(),
+                settings.data_dir.join("replication"),
+                tokio::runtime::Handle::current(),
+                metrics.clone(),
+            )
+            .context("preparing the replication staging directory")?;
+            Some((channel, source, metrics))
+        }
+    };
     let node_config = NodeConfig {
         data_dir: settings.data_dir.clone(),
         voters: members.keys().copied().collect(),
@@ -91,6 +127,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             ..GroupConfig::default()
         },
         raft_threads: settings.raft.threads,
+        snapshot_source: replication
+            .as_ref()
+            .map(|(_, source, _)| Arc::new(source.clone()) as _),
     };
     let stop = CancellationToken::new();
     let peer_directory = peers::PeerDirectory::default();
@@ -121,12 +160,26 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         .with_context(|| format!("opening data dir {}", settings.data_dir.display()))?;
     let node = Arc::new(node);
     let grpc = grpc_metrics::GrpcMetrics::new(&registry)?;
+    let mut tasks = Vec::new();
+    let follower = match replication {
+        Some((channel, source, metrics)) => {
+            let config = FollowerConfig {
+                reconcile_interval: settings.reconcile_interval()?,
+            };
+            let (follower, task) =
+                follower::start(node.clone(), channel, source, metrics, config, stop.clone());
+            tasks.push(task);
+            Some(follower)
+        }
+        None => None,
+    };
     let api = Api {
         node: node.clone(),
         settings: Arc::new(settings.clone()),
         registry,
         grpc,
         peers: peer_directory.clone(),
+        follower,
     };
 
     let api_listener = TcpListener::bind(settings.api_listen()?)
@@ -138,7 +191,28 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let api_addr = api_listener.local_addr()?;
     let rest_addr = rest_listener.local_addr()?;
 
-    let mut tasks = Vec::new();
+    let replication_addr = match role {
+        Role::Leader => {
+            let listener = TcpListener::bind(settings.replication_listen()?)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding replication.address {}",
+                        settings.replication.address
+                    )
+                })?;
+            let addr = listener.local_addr()?;
+            let max_send = usize::try_from(settings.replication.max_send_message_size_bytes)?;
+            tasks.push(tokio::spawn(serve_replication(
+                api.clone(),
+                LeaderService::new(node.clone(), max_send, stop.clone()),
+                listener,
+                stop.clone(),
+            )));
+            Some(addr)
+        }
+        Role::Follower => None,
+    };
     let raft_addr = match raft_listener {
         Some(listener) => {
             let addr = listener.local_addr()?;
@@ -162,13 +236,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             }
         })
     };
-    tracing::info!(%api_addr, %rest_addr, ?raft_addr, "flotilla serving");
+    tracing::info!(%api_addr, %rest_addr, ?raft_addr, ?replication_addr, ?role, "flotilla serving");
     tasks.push(grpc_task);
     tasks.push(rest_task);
     Ok(Running {
         api_addr,
         rest_addr,
         raft_addr,
+        replication_addr,
         node,
         stop,
         tasks,
@@ -195,6 +270,60 @@ async fn serve_raft(service: peers::RaftService, listener: TcpListener, stop: Ca
     }
 }
 
+/// The replication port of a leader cluster node: Metadata, Log, Snapshot, and KV for
+/// writes forwarded by followers (Armada followers send them gzip-compressed).
+async fn serve_replication(
+    api: Api,
+    service: LeaderService,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    macro_rules! svc {
+        ($server:ident, $svc:expr) => {
+            $server::new($svc)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(MAX_RECV_MESSAGE_BYTES)
+                .max_encoding_message_size(follower::source::MAX_LEADER_MESSAGE_BYTES)
+        };
+    }
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(svc!(MetadataServer, service.clone()))
+        .add_service(svc!(LogServer, service.clone()))
+        .add_service(svc!(SnapshotServer, service))
+        .add_service(svc!(KvServer, kv::KvService::new(api)));
+    let router = with_reflection(router);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
+    let served = router
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::error!("replication server failed: {e}");
+        stop.cancel();
+    }
+}
+
+/// Adds gRPC server reflection over the public protos (WIRE.md §5.11).
+fn with_reflection(router: Router) -> Router {
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .build_v1();
+    let alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha();
+    match (v1, alpha) {
+        (Ok(r), Ok(a)) => router.add_service(r).add_service(a),
+        (r, a) => {
+            tracing::warn!("gRPC reflection unavailable: {:?} {:?}", r.err(), a.err());
+            router
+        }
+    }
+}
+
 async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
     macro_rules! svc {
         ($server:ident, $svc:expr) => {
@@ -205,12 +334,6 @@ async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
                 .max_encoding_message_size(MAX_SEND_MESSAGE_BYTES)
         };
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .build_v1();
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha();
     let router = tonic::transport::Server::builder()
         .add_service(svc!(KvServer, kv::KvService::new(api.clone())))
         .add_service(svc!(
@@ -224,14 +347,12 @@ async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
         .add_service(svc!(
             MetricsServer,
             metrics_svc::MetricsService::new(api.clone())
+        ))
+        .add_service(svc!(
+            MaintenanceServer,
+            maintenance::MaintenanceService::new(api.clone())
         ));
-    let router = match (reflection, reflection_alpha) {
-        (Ok(r), Ok(a)) => router.add_service(r).add_service(a),
-        (r, a) => {
-            tracing::warn!("gRPC reflection unavailable: {:?} {:?}", r.err(), a.err());
-            router
-        }
-    };
+    let router = with_reflection(router);
     // Small responses are written as several HTTP/2 frames; without TCP_NODELAY, Nagle
     // holds the last one until the client's delayed ACK (~40 ms per call).
     let incoming = tonic::transport::server::TcpIncoming::from(listener)

@@ -7,21 +7,34 @@ use anyhow::Context as _;
 use clap::{Arg, ArgAction, Command};
 use flotilla_ops::Settings;
 use flotilla_ops::settings::{KEYS, env_var};
+use flotilla_server::Role;
 
 fn cli() -> Command {
-    let mut leader = Command::new("leader")
-        .about("Run a node of the leader cluster (accepts writes)")
-        .arg(
-            Arg::new("config")
-                .long("config")
-                .env("FLOTILLA_CONFIG")
-                .value_name("FILE")
-                .help(
-                    "Config file (TOML, YAML or JSON); flags and FLOTILLA_* variables override it",
-                ),
-        );
+    Command::new("flotilla")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Flotilla: a replicated key-value store, wire-compatible with Armada KV")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(node_command(
+            "leader",
+            "Run a node of the leader cluster (accepts writes, serves replication)",
+        ))
+        .subcommand(node_command(
+            "follower",
+            "Run a node of a follower cluster (replicates the leader cluster at --replication.leader-address, forwards writes to it)",
+        ))
+}
+
+fn node_command(name: &'static str, about: &'static str) -> Command {
+    let mut cmd = Command::new(name).about(about).arg(
+        Arg::new("config")
+            .long("config")
+            .env("FLOTILLA_CONFIG")
+            .value_name("FILE")
+            .help("Config file (TOML, YAML or JSON); flags and FLOTILLA_* variables override it"),
+    );
     for (key, help) in KEYS {
-        leader = leader.arg(
+        cmd = cmd.arg(
             Arg::new(*key)
                 .long(*key)
                 .env(env_var(key))
@@ -30,18 +43,15 @@ fn cli() -> Command {
                 .help(*help),
         );
     }
-    Command::new("flotilla")
-        .version(env!("CARGO_PKG_VERSION"))
-        .about("Flotilla: a replicated key-value store, wire-compatible with Armada KV")
-        .subcommand_required(true)
-        .arg_required_else_help(true)
-        .subcommand(leader)
+    cmd
 }
 
 fn main() -> anyhow::Result<()> {
     let matches = cli().get_matches();
-    let Some(("leader", args)) = matches.subcommand() else {
-        anyhow::bail!("unknown subcommand");
+    let (role, args) = match matches.subcommand() {
+        Some(("leader", args)) => (Role::Leader, args),
+        Some(("follower", args)) => (Role::Follower, args),
+        _ => anyhow::bail!("unknown subcommand"),
     };
     let mut overrides = BTreeMap::new();
     for (key, _) in KEYS {
@@ -56,18 +66,26 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .thread_name("api")
         .build()?;
-    runtime.block_on(run(settings))
+    runtime.block_on(run(settings, role))
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
+async fn run(settings: Settings, role: Role) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
-    let running = flotilla_server::start(settings).await?;
+    let running = flotilla_server::start(settings, role).await?;
     let raft = running
         .raft_addr
         .map(|a| format!(", raft on {a}"))
         .unwrap_or_default();
+    let replication = running
+        .replication_addr
+        .map(|a| format!(", replication on {a}"))
+        .unwrap_or_default();
+    let name = match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+    };
     println!(
-        "flotilla leader: API (gRPC) on {}, metrics on http://{}/metrics, data in {}{raft}",
+        "flotilla {name}: API (gRPC) on {}, metrics on http://{}/metrics, data in {}{raft}{replication}",
         running.api_addr,
         running.rest_addr,
         data_dir.display()

@@ -51,6 +51,11 @@ impl Tables for TablesService {
     ) -> Result<Response<CreateTableResponse>, Status> {
         self.api
             .unary("Create", request, |req| async move {
+                if self.api.follower.is_some() {
+                    return Err(Status::unimplemented(
+                        "method Create not implemented for follower",
+                    ));
+                }
                 check_name(&req.name)?;
                 let id = self
                     .api
@@ -69,6 +74,11 @@ impl Tables for TablesService {
     ) -> Result<Response<DeleteTableResponse>, Status> {
         self.api
             .unary("Delete", request, |req| async move {
+                if self.api.follower.is_some() {
+                    return Err(Status::unimplemented(
+                        "method Delete not implemented for follower",
+                    ));
+                }
                 if req.name.is_empty() {
                     return Err(Status::invalid_argument("name must be set"));
                 }

@@ -48,7 +48,11 @@ async fn any_node_serves_and_every_node_stops_gracefully() {
         s.raft.initial_members = members.clone();
         s.raft.rtt = "10ms".into();
         s.api.advertise_address = format!("http://node{}.example:8443", i + 1);
-        nodes.push(flotilla_server::start(s).await.expect("node starts"));
+        nodes.push(
+            flotilla_server::start(s, flotilla_server::Role::Leader)
+                .await
+                .expect("node starts"),
+        );
     }
     let channels = [
         channel(&nodes[0]).await,

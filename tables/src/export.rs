@@ -147,11 +147,12 @@ mod tests {
     use rocksdb::WriteBatch;
 
     fn entry(index: u64, data: Vec<u8>) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = 1;
-        e.data = data.into();
-        e
+        Entry {
+            index,
+            term: 1,
+            data: data.into(),
+            ..Default::default()
+        }
     }
 
     fn put_cmd(key: &[u8]) -> Command {

@@ -298,6 +298,16 @@ impl Node {
         self.catalog.read_barrier().await
     }
 
+    /// Whether this node's replica of the catalog is its raft leader (one node per
+    /// cluster acts for the cluster, e.g. a follower cluster's table reconciliation).
+    pub fn leads_catalog(&self) -> bool {
+        self.catalog
+            .status()
+            .leader
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == self.node_id()
+    }
+
     /// Where raft traffic from peers enters this node (for the transport's server side).
     pub fn router(&self) -> Router {
         self.shared.router.clone()

@@ -73,7 +73,10 @@ impl StateMachine for TableMachine {
     }
 
     fn external_load(&self, data: &[u8]) -> Option<Fetch> {
-        let min_leader_index = import::decode_marker(data)?;
+        // Never load anything older than this replica already holds: the worker goes on
+        // from where it was, so going back would lose the entries in between.
+        let min_leader_index =
+            import::decode_marker(data)?.max(self.state.leader_index.unwrap_or(0));
         match &self.source {
             Some(source) => Some(source.fetch(&self.name, self.id, min_leader_index)),
             None => {

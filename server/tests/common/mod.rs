@@ -26,6 +26,7 @@ pub fn settings(dir: &std::path::Path) -> Settings {
     };
     s.api.address = "127.0.0.1:0".into();
     s.rest.address = "127.0.0.1:0".into();
+    s.replication.address = "127.0.0.1:0".into();
     s
 }
 
@@ -36,7 +37,17 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
-        let running = flotilla_server::start(settings(dir.path()))
+        let s = settings(dir.path());
+        Self::start_as(dir, s, flotilla_server::Role::Leader).await
+    }
+
+    /// Starts with the given settings (their data dir must be `dir`) and role.
+    pub async fn start_as(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        role: flotilla_server::Role,
+    ) -> Self {
+        let running = flotilla_server::start(settings, role)
             .await
             .expect("server starts");
         let channel = Channel::from_shared(format!("http://{}", running.api_addr))

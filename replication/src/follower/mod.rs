@@ -1,0 +1,262 @@
+//! The follower cluster's side (WIRE.md §5.7, §5.8): a manager that keeps the local table
+//! set equal to the leader cluster's, one [`worker`] per table pulling its log, snapshot
+//! recovery through [`source::LeaderSnapshots`], and the client that forwards writes.
+
+pub mod metrics;
+pub mod source;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::regatta::v1::kv_client::KvClient;
+use flotilla_proto::replication::v1::MetadataRequest;
+use flotilla_proto::replication::v1::metadata_client::MetadataClient;
+use flotilla_tables::{Node, Table};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+pub use metrics::ReplicationMetrics;
+pub use source::LeaderSnapshots;
+
+use crate::error::{Error, Result};
+
+/// A lazily connecting channel to the leader cluster's replication address.
+pub fn leader_channel(address: &str) -> Result<Channel> {
+    let uri = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(uri)?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// State the manager and the workers share.
+pub(crate) struct Shared {
+    node_id: u64,
+    channel: Channel,
+    source: LeaderSnapshots,
+    metrics: ReplicationMetrics,
+    /// Wakes the manager before its interval (a table the leader does not know, a write
+    /// to a table this follower lacks).
+    reconcile_now: Notify,
+    /// Latest error per table, for Cluster/Status.
+    errors: Mutex<BTreeMap<String, String>>,
+}
+
+impl Shared {
+    fn set_error(&self, table: &str, e: String) {
+        self.errors.lock().insert(table.to_owned(), e);
+    }
+
+    fn clear_error(&self, table: &str) {
+        let mut errors = self.errors.lock();
+        if !errors.is_empty() {
+            errors.remove(table);
+        }
+    }
+
+    fn count_error(&self, table: &str, kind: &str) {
+        self.metrics.errors.with_label_values(&[table, kind]).inc();
+    }
+}
+
+/// A running follower: what the API layer asks of it.
+#[derive(Clone)]
+pub struct Follower {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("node_id", &self.shared.node_id)
+            .finish()
+    }
+}
+
+impl Follower {
+    /// A KV client of the leader cluster, for forwarded writes.
+    pub fn leader_kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.shared.channel.clone())
+            .max_decoding_message_size(source::MAX_LEADER_MESSAGE_BYTES)
+    }
+
+    /// `"<table>: <error>"` for every table whose replication is failing now.
+    pub fn errors(&self) -> Vec<String> {
+        self.shared
+            .errors
+            .lock()
+            .iter()
+            .map(|(t, e)| format!("{t}: {e}"))
+            .collect()
+    }
+
+    /// Asks the manager to compare table sets with the leader now.
+    pub fn reconcile_soon(&self) {
+        self.shared.reconcile_now.notify_one();
+    }
+
+    /// Re-pulls `table` from the leader cluster: every replica loads a fresh snapshot.
+    pub async fn reset(&self, table: &Table) -> Result<()> {
+        table.propose_load(0).await?;
+        Ok(())
+    }
+}
+
+/// How the follower runs.
+#[derive(Debug, Clone)]
+pub struct FollowerConfig {
+    /// Between table-set comparisons with the leader (also done on demand).
+    pub reconcile_interval: Duration,
+}
+
+/// Starts the manager (and through it the workers) over `node`; it stops on `cancel`.
+pub fn start(
+    node: Arc<Node>,
+    channel: Channel,
+    source: LeaderSnapshots,
+    metrics: ReplicationMetrics,
+    config: FollowerConfig,
+    cancel: CancellationToken,
+) -> (Follower, JoinHandle<()>) {
+    let shared = Arc::new(Shared {
+        node_id: node.node_id(),
+        channel,
+        source,
+        metrics,
+        reconcile_now: Notify::new(),
+        errors: Mutex::new(BTreeMap::new()),
+    });
+    let manager = Manager {
+        node,
+        shared: shared.clone(),
+        config,
+        workers: HashMap::new(),
+    };
+    let task = tokio::spawn(
+        manager
+            .run(cancel)
+            .instrument(tracing::info_span!("replication-manager")),
+    );
+    (Follower { shared }, task)
+}
+
+struct Manager {
+    node: Arc<Node>,
+    shared: Arc<Shared>,
+    config: FollowerConfig,
+    /// Worker per local table (by name and id: a re-created table gets a new worker).
+    workers: HashMap<(String, u64), (JoinHandle<()>, CancellationToken)>,
+}
+
+/// How often the manager looks for tables that need a worker.
+const WORKER_SWEEP: Duration = Duration::from_millis(200);
+
+impl Manager {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut reconcile = tokio::time::interval(self.config.reconcile_interval);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(WORKER_SWEEP);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = reconcile.tick() => self.reconcile().await,
+                _ = self.shared.reconcile_now.notified() => self.reconcile().await,
+                _ = sweep.tick() => self.sweep(&cancel),
+            }
+        }
+        for (_, (task, stop)) in self.workers.drain() {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Starts a worker for every local table that lacks one; forgets finished ones.
+    fn sweep(&mut self, cancel: &CancellationToken) {
+        let tables = self.node.tables();
+        let live: HashSet<(String, u64)> = tables
+            .iter()
+            .map(|t| (t.name().to_owned(), t.id()))
+            .collect();
+        self.workers.retain(|key, (task, stop)| {
+            if live.contains(key) && !task.is_finished() {
+                return true;
+            }
+            stop.cancel();
+            false
+        });
+        for table in tables {
+            let key = (table.name().to_owned(), table.id());
+            if self.workers.contains_key(&key) {
+                continue;
+            }
+            let stop = cancel.child_token();
+            let span = tracing::info_span!("replication-worker", table = %key.0);
+            let task = tokio::spawn(
+                worker::run(self.shared.clone(), table, stop.clone()).instrument(span),
+            );
+            self.workers.insert(key, (task, stop));
+        }
+    }
+
+    /// Creates and drops local tables to match the leader's. Only the node leading the
+    /// local catalog does it, so follower nodes do not race each other.
+    async fn reconcile(&mut self) {
+        if !self.node.leads_catalog() {
+            return;
+        }
+        match self.compare().await {
+            Ok(()) => {
+                self.shared.clear_error("");
+            }
+            Err(e) => {
+                tracing::warn!("comparing tables with the leader cluster: {e}");
+            }
+        }
+    }
+
+    async fn compare(&mut self) -> Result<()> {
+        let mut client = MetadataClient::new(self.shared.channel.clone());
+        let leader: HashSet<String> = client
+            .get(MetadataRequest {})
+            .await?
+            .into_inner()
+            .tables
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let local: HashSet<String> = self
+            .node
+            .tables()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect();
+        for name in leader.difference(&local) {
+            tracing::info!(table = name, "creating a table the leader cluster has");
+            match self.node.create_table(name).await {
+                Ok(_) | Err(flotilla_tables::Error::TableExists) => {}
+                Err(e) => return Err(Error::Tables(e)),
+            }
+        }
+        for name in local.difference(&leader) {
+            tracing::info!(table = name, "dropping a table the leader cluster dropped");
+            match self.node.delete_table(name).await {
+                Ok(()) | Err(flotilla_tables::Error::TableNotFound) => {}
+                Err(e) => return Err(Error::Tables(e)),
+            }
+        }
+        Ok(())
+    }
+}

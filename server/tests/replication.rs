@@ -1,0 +1,307 @@
+//! A leader and a follower cluster in one process (one node each, real gRPC on loopback):
+//! every command type replicates with the leader's revisions, tables come and go by
+//! themselves, writes through the follower are read back at once, a follower that starts
+//! after the leader compacted its log recovers by snapshot, Reset re-pulls, and the
+//! leader's Log/Replicate answers USE_SNAPSHOT and LEADER_BEHIND.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, eventually, http_get, metric_value, settings};
+use flotilla_proto::maintenance::v1::ResetRequest;
+use flotilla_proto::maintenance::v1::maintenance_client::MaintenanceClient;
+use flotilla_proto::mvcc::v1::{Compare, KeyValue, RequestOp, compare, request_op};
+use flotilla_proto::regatta::v1::{
+    CreateTableRequest, DeleteRangeRequest, DeleteTableRequest, ListTablesRequest, RangeRequest,
+    TxnRequest,
+};
+use flotilla_proto::replication::v1::log_client::LogClient;
+use flotilla_proto::replication::v1::{ReplicateError, ReplicateRequest, replicate_response};
+use flotilla_server::Role;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn leader(retention: u64) -> TestServer {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = settings(dir.path());
+    s.raft.log_retention_entries = retention;
+    TestServer::start_as(dir, s, Role::Leader).await
+}
+
+async fn follower_of(leader: &TestServer) -> TestServer {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = settings(dir.path());
+    let addr = leader
+        .running
+        .as_ref()
+        .and_then(|r| r.replication_addr)
+        .expect("leader serves replication");
+    s.replication.leader_address = format!("http://{addr}");
+    s.replication.reconcile_interval = "200ms".into();
+    TestServer::start_as(dir, s, Role::Follower).await
+}
+
+/// Every key of `table` with value and revisions, read from `server`.
+async fn dump(server: &TestServer, table: &str) -> Option<Vec<KeyValue>> {
+    let resp = server
+        .kv()
+        .range(RangeRequest {
+            table: table.into(),
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    Some(resp.into_inner().kvs)
+}
+
+/// Waits until the follower's copy of `table` equals the leader's, key by key.
+async fn assert_converges(leader: &TestServer, follower: &TestServer, table: &str) {
+    let want = dump(leader, table).await.expect("leader dump");
+    let same = eventually(WAIT, async || {
+        dump(follower, table).await.as_ref() == Some(&want)
+    })
+    .await;
+    assert!(
+        same,
+        "follower never matched the leader on {table}: leader {} keys, follower {:?}",
+        want.len(),
+        dump(follower, table).await.map(|d| d.len())
+    );
+}
+
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let (_, body) = http_get(server.rest_addr(), "/metrics").await;
+    metric_value(&body, series).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_type_replicates_with_the_leaders_revisions() {
+    let leader = leader(10_000).await;
+    leader.create_table("t").await;
+    let follower = follower_of(&leader).await;
+    for i in 0..50u32 {
+        leader.put("t", format!("k{i:03}").as_bytes(), b"v1").await;
+    }
+    leader.put("t", b"k001", b"v2").await; // overwrite keeps create revision
+    let mut kv = leader.kv();
+    kv.delete_range(DeleteRangeRequest {
+        table: "t".into(),
+        key: b"k010".to_vec(),
+        range_end: b"k020".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("range delete");
+    kv.delete_range(DeleteRangeRequest {
+        table: "t".into(),
+        key: b"k030".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("single delete");
+    let put_op = |k: &[u8], v: &[u8]| RequestOp {
+        request: Some(request_op::Request::RequestPut(request_op::Put {
+            key: k.to_vec(),
+            value: v.to_vec(),
+            prev_kv: false,
+        })),
+    };
+    kv.txn(TxnRequest {
+        table: "t".into(),
+        compare: vec![Compare {
+            key: b"k000".to_vec(),
+            target_union: Some(compare::TargetUnion::Value(b"v1".to_vec())),
+            ..Default::default()
+        }],
+        success: vec![put_op(b"txn-a", b"1"), put_op(b"txn-b", b"2")],
+        failure: vec![put_op(b"never", b"x")],
+    })
+    .await
+    .expect("txn");
+    assert_converges(&leader, &follower, "t").await;
+    let got = dump(&follower, "t").await.expect("dump");
+    let k001 = got.iter().find(|kv| kv.key == b"k001").expect("k001");
+    assert!(k001.mod_revision > k001.create_revision && k001.create_revision > 0);
+
+    // Tables appear and disappear on the follower by themselves.
+    leader.create_table("later").await;
+    leader.put("later", b"x", b"y").await;
+    assert_converges(&leader, &follower, "later").await;
+    leader
+        .tables()
+        .delete(DeleteTableRequest {
+            name: "later".into(),
+        })
+        .await
+        .expect("delete");
+    let gone = eventually(WAIT, async || {
+        let list = follower
+            .tables()
+            .list(ListTablesRequest {})
+            .await
+            .expect("list")
+            .into_inner();
+        list.tables.iter().all(|t| t.name != "later")
+    })
+    .await;
+    assert!(gone, "a table dropped on the leader stays on the follower");
+
+    // The follower refuses table admin, as Armada's does.
+    let err = follower
+        .tables()
+        .create(CreateTableRequest {
+            name: "x".into(),
+            config: None,
+        })
+        .await
+        .expect_err("create on a follower");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(
+        metric(&follower, "flotilla_replication_leased{table=\"t\"}").await,
+        1.0
+    );
+    follower.shutdown().await;
+    leader.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_follower_are_read_back_at_once() {
+    let leader = leader(10_000).await;
+    leader.create_table("t").await;
+    let follower = follower_of(&leader).await;
+    assert!(
+        eventually(WAIT, async || dump(&follower, "t").await.is_some()).await,
+        "the follower gets the table"
+    );
+    for i in 0..30u32 {
+        let key = format!("rw{i}");
+        let put = follower.put("t", key.as_bytes(), b"mine").await;
+        let revision = put.header.expect("header").revision;
+        assert!(revision > 0);
+        // Serializable read on the follower right after the acknowledgement.
+        let got = follower.range("t", key.as_bytes(), b"").await;
+        assert_eq!(got.kvs.len(), 1, "read-your-writes on {key}");
+        assert_eq!(
+            got.kvs[0].mod_revision as u64, revision,
+            "same revision as the leader"
+        );
+    }
+    let err = follower
+        .kv()
+        .put(flotilla_proto::regatta::v1::PutRequest {
+            table: "missing".into(),
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            prev_kv: false,
+        })
+        .await
+        .expect_err("unknown table");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(
+        err.message()
+            .starts_with("leader error: rpc error: code = NotFound"),
+        "{}",
+        err.message()
+    );
+    assert_converges(&leader, &follower, "t").await;
+    follower.shutdown().await;
+    leader.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_follower_recovers_by_snapshot_and_reset_repulls() {
+    let leader = leader(20).await;
+    leader.create_table("t").await;
+    for i in 0..300u32 {
+        leader
+            .put("t", format!("k{i:04}").as_bytes(), &[b'x'; 100])
+            .await;
+    }
+    // Index 1 is long compacted: the log says USE_SNAPSHOT...
+    let addr = leader
+        .running
+        .as_ref()
+        .and_then(|r| r.replication_addr)
+        .expect("addr");
+    let mut log = LogClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let first = log
+        .replicate(ReplicateRequest {
+            table: b"t".to_vec(),
+            leader_index: 1,
+        })
+        .await
+        .expect("replicate")
+        .into_inner()
+        .message()
+        .await
+        .expect("message")
+        .expect("one message");
+    match first.response {
+        Some(replicate_response::Response::ErrorResponse(e)) => {
+            assert_eq!(e.error(), ReplicateError::UseSnapshot);
+        }
+        other => panic!("expected USE_SNAPSHOT, got {other:?}"),
+    }
+    // ...and asking for the future says LEADER_BEHIND.
+    let ahead = log
+        .replicate(ReplicateRequest {
+            table: b"t".to_vec(),
+            leader_index: 1_000_000,
+        })
+        .await
+        .expect("replicate")
+        .into_inner()
+        .message()
+        .await
+        .expect("message")
+        .expect("one message");
+    match ahead.response {
+        Some(replicate_response::Response::ErrorResponse(e)) => {
+            assert_eq!(e.error(), ReplicateError::LeaderBehind);
+        }
+        other => panic!("expected LEADER_BEHIND, got {other:?}"),
+    }
+    let err = log
+        .replicate(ReplicateRequest {
+            table: b"t".to_vec(),
+            leader_index: 0,
+        })
+        .await
+        .expect_err("index 0 is invalid");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let follower = follower_of(&leader).await;
+    assert_converges(&leader, &follower, "t").await;
+    let recoveries = "flotilla_replication_snapshot_recoveries_total{table=\"t\"}";
+    assert!(
+        metric(&follower, recoveries).await >= 1.0,
+        "recovered by snapshot"
+    );
+    // Replication goes on from the snapshot's index.
+    for i in 0..20u32 {
+        leader.put("t", format!("after{i}").as_bytes(), b"y").await;
+    }
+    assert_converges(&leader, &follower, "t").await;
+
+    let before = metric(&follower, recoveries).await;
+    MaintenanceClient::new(follower.channel.clone())
+        .reset(ResetRequest {
+            table: b"t".to_vec(),
+            reset_all: false,
+        })
+        .await
+        .expect("reset");
+    assert!(
+        metric(&follower, recoveries).await > before,
+        "reset loads a fresh snapshot"
+    );
+    leader.put("t", b"after-reset", b"z").await;
+    assert_converges(&leader, &follower, "t").await;
+    follower.shutdown().await;
+    leader.shutdown().await;
+}
