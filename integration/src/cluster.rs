@@ -80,7 +80,7 @@ pub struct Cluster {
 /// out (`:0`) would not do: a node restarted after kill -9 must bind its old ports again,
 /// and meanwhile any outgoing connection could have been given one of them as its local
 /// port (seen in CI: "Address already in use").
-fn reserve_ports(n: usize) -> Vec<std::net::TcpListener> {
+pub fn reserve_ports(n: usize) -> Vec<std::net::TcpListener> {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
@@ -103,7 +103,8 @@ fn reserve_ports(n: usize) -> Vec<std::net::TcpListener> {
     out
 }
 
-fn port(l: &std::net::TcpListener) -> u16 {
+/// The port a reserved listener holds.
+pub fn port(l: &std::net::TcpListener) -> u16 {
     l.local_addr().expect("local addr").port()
 }
 

@@ -66,8 +66,19 @@ impl Process {
         extra_args: &[String],
         timeout: Duration,
     ) -> Self {
+        Self::start_role("leader", data_dir, api_address, extra_args, timeout).await
+    }
+
+    /// Like [`Process::start_with`], for `flotilla <role>` (`leader` or `follower`).
+    pub async fn start_role(
+        role: &str,
+        data_dir: &Path,
+        api_address: &str,
+        extra_args: &[String],
+        timeout: Duration,
+    ) -> Self {
         let mut child = Command::new(flotilla_bin())
-            .arg("leader")
+            .arg(role)
             .arg("--data-dir")
             .arg(data_dir)
             .args([
@@ -78,7 +89,7 @@ impl Process {
             ])
             .args(extra_args)
             .args(
-                (!extra_args.iter().any(|a| a == "--replication.address"))
+                (role == "leader" && !extra_args.iter().any(|a| a == "--replication.address"))
                     .then_some(["--replication.address", "127.0.0.1:0"])
                     .into_iter()
                     .flatten(),
