@@ -65,11 +65,8 @@ impl KvService {
         validate::put(&req)?;
         if let Some(follower) = &self.api.follower {
             let name = req.table.clone();
-            let resp = follower.leader_kv().put(req).await.map_err(leader_error)?;
-            let resp = resp.into_inner();
-            self.wait_replicated(&name, revision_of(&resp.header))
-                .await?;
-            return Ok(resp);
+            let forwarded = follower.leader_kv().put(req).await;
+            return self.forwarded(&name, forwarded, |r| &r.header).await;
         }
         let table = self.table(&req.table).await?;
         let cmd = Command {
@@ -98,15 +95,8 @@ impl KvService {
         validate::delete_range(&req)?;
         if let Some(follower) = &self.api.follower {
             let name = req.table.clone();
-            let resp = follower
-                .leader_kv()
-                .delete_range(req)
-                .await
-                .map_err(leader_error)?;
-            let resp = resp.into_inner();
-            self.wait_replicated(&name, revision_of(&resp.header))
-                .await?;
-            return Ok(resp);
+            let forwarded = follower.leader_kv().delete_range(req).await;
+            return self.forwarded(&name, forwarded, |r| &r.header).await;
         }
         let table = self.table(&req.table).await?;
         let cmd = Command {
@@ -142,11 +132,8 @@ impl KvService {
             && !read_only
         {
             let name = req.table.clone();
-            let resp = follower.leader_kv().txn(req).await.map_err(leader_error)?;
-            let resp = resp.into_inner();
-            self.wait_replicated(&name, revision_of(&resp.header))
-                .await?;
-            return Ok(resp);
+            let forwarded = follower.leader_kv().txn(req).await;
+            return self.forwarded(&name, forwarded, |r| &r.header).await;
         }
         let table = self.table(&req.table).await?;
         let txn = Txn {
@@ -180,6 +167,20 @@ impl KvService {
 }
 
 impl KvService {
+    /// Finishes a write forwarded to the leader cluster: its error as the caller sees it
+    /// (WIRE.md §5.7), or its reply once this follower has applied the write's revision.
+    async fn forwarded<T>(
+        &self,
+        table: &[u8],
+        reply: Result<tonic::Response<T>, Status>,
+        header: impl Fn(&T) -> &Option<flotilla_proto::regatta::v1::ResponseHeader>,
+    ) -> Result<T, Status> {
+        let reply = reply.map_err(leader_error)?.into_inner();
+        let revision = header(&reply).as_ref().map_or(0, |h| h.revision);
+        self.wait_replicated(table, revision).await?;
+        Ok(reply)
+    }
+
     /// Waits until this follower has applied leader revision `revision` of `name`
     /// (read-your-writes for a forwarded write). The caller's deadline bounds the wait:
     /// the write is committed on the leader either way.
@@ -208,10 +209,6 @@ impl KvService {
             }
         }
     }
-}
-
-fn revision_of(header: &Option<flotilla_proto::regatta::v1::ResponseHeader>) -> u64 {
-    header.as_ref().map_or(0, |h| h.revision)
 }
 
 /// A forwarded write's failure as the follower's caller sees it (WIRE.md §5.7).

@@ -270,6 +270,22 @@ async fn serve_raft(service: peers::RaftService, listener: TcpListener, stop: Ca
     }
 }
 
+/// A public gRPC service as both ports serve it: gzip/zstd requests accepted (Armada
+/// followers send gzip), Armada's receive limit, and the given send limit.
+macro_rules! svc {
+    ($server:ident, $max_send:expr, $svc:expr) => {
+        $server::new($svc)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .max_decoding_message_size(MAX_RECV_MESSAGE_BYTES)
+            .max_encoding_message_size($max_send)
+    };
+}
+
+/// Largest message the replication port sends (a batch can exceed its byte budget by one
+/// large command).
+const LEADER_SEND: usize = follower::source::MAX_LEADER_MESSAGE_BYTES;
+
 /// The replication port of a leader cluster node: Metadata, Log, Snapshot, and KV for
 /// writes forwarded by followers (Armada followers send them gzip-compressed).
 async fn serve_replication(
@@ -278,22 +294,13 @@ async fn serve_replication(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    macro_rules! svc {
-        ($server:ident, $svc:expr) => {
-            $server::new($svc)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Zstd)
-                .max_decoding_message_size(MAX_RECV_MESSAGE_BYTES)
-                .max_encoding_message_size(follower::source::MAX_LEADER_MESSAGE_BYTES)
-        };
-    }
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_service(svc!(MetadataServer, service.clone()))
-        .add_service(svc!(LogServer, service.clone()))
-        .add_service(svc!(SnapshotServer, service))
-        .add_service(svc!(KvServer, kv::KvService::new(api)));
+        .add_service(svc!(MetadataServer, LEADER_SEND, service.clone()))
+        .add_service(svc!(LogServer, LEADER_SEND, service.clone()))
+        .add_service(svc!(SnapshotServer, LEADER_SEND, service))
+        .add_service(svc!(KvServer, LEADER_SEND, kv::KvService::new(api)));
     let router = with_reflection(router);
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -325,31 +332,30 @@ fn with_reflection(router: Router) -> Router {
 }
 
 async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
-    macro_rules! svc {
-        ($server:ident, $svc:expr) => {
-            $server::new($svc)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Zstd)
-                .max_decoding_message_size(MAX_RECV_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_SEND_MESSAGE_BYTES)
-        };
-    }
     let router = tonic::transport::Server::builder()
-        .add_service(svc!(KvServer, kv::KvService::new(api.clone())))
+        .add_service(svc!(
+            KvServer,
+            MAX_SEND_MESSAGE_BYTES,
+            kv::KvService::new(api.clone())
+        ))
         .add_service(svc!(
             TablesServer,
+            MAX_SEND_MESSAGE_BYTES,
             tables_svc::TablesService::new(api.clone())
         ))
         .add_service(svc!(
             ClusterServer,
+            MAX_SEND_MESSAGE_BYTES,
             cluster::ClusterService::new(api.clone())
         ))
         .add_service(svc!(
             MetricsServer,
+            MAX_SEND_MESSAGE_BYTES,
             metrics_svc::MetricsService::new(api.clone())
         ))
         .add_service(svc!(
             MaintenanceServer,
+            MAX_SEND_MESSAGE_BYTES,
             maintenance::MaintenanceService::new(api.clone())
         ));
     let router = with_reflection(router);

@@ -72,6 +72,29 @@ async fn assert_converges(leader: &TestServer, follower: &TestServer, table: &st
     );
 }
 
+/// The error of a Log/Replicate call on table `t` from `leader_index` (its only message).
+async fn replicate_error(
+    log: &mut LogClient<tonic::transport::Channel>,
+    leader_index: u64,
+) -> ReplicateError {
+    let first = log
+        .replicate(ReplicateRequest {
+            table: b"t".to_vec(),
+            leader_index,
+        })
+        .await
+        .expect("replicate")
+        .into_inner()
+        .message()
+        .await
+        .expect("message")
+        .expect("one message");
+    match first.response {
+        Some(replicate_response::Response::ErrorResponse(e)) => e.error(),
+        other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
 async fn metric(server: &TestServer, series: &str) -> f64 {
     let (_, body) = http_get(server.rest_addr(), "/metrics").await;
     metric_value(&body, series).unwrap_or(0.0)
@@ -229,43 +252,15 @@ async fn a_late_follower_recovers_by_snapshot_and_reset_repulls() {
     let mut log = LogClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
-    let first = log
-        .replicate(ReplicateRequest {
-            table: b"t".to_vec(),
-            leader_index: 1,
-        })
-        .await
-        .expect("replicate")
-        .into_inner()
-        .message()
-        .await
-        .expect("message")
-        .expect("one message");
-    match first.response {
-        Some(replicate_response::Response::ErrorResponse(e)) => {
-            assert_eq!(e.error(), ReplicateError::UseSnapshot);
-        }
-        other => panic!("expected USE_SNAPSHOT, got {other:?}"),
-    }
+    assert_eq!(
+        replicate_error(&mut log, 1).await,
+        ReplicateError::UseSnapshot
+    );
     // ...and asking for the future says LEADER_BEHIND.
-    let ahead = log
-        .replicate(ReplicateRequest {
-            table: b"t".to_vec(),
-            leader_index: 1_000_000,
-        })
-        .await
-        .expect("replicate")
-        .into_inner()
-        .message()
-        .await
-        .expect("message")
-        .expect("one message");
-    match ahead.response {
-        Some(replicate_response::Response::ErrorResponse(e)) => {
-            assert_eq!(e.error(), ReplicateError::LeaderBehind);
-        }
-        other => panic!("expected LEADER_BEHIND, got {other:?}"),
-    }
+    assert_eq!(
+        replicate_error(&mut log, 1_000_000).await,
+        ReplicateError::LeaderBehind
+    );
     let err = log
         .replicate(ReplicateRequest {
             table: b"t".to_vec(),
