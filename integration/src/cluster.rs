@@ -1,4 +1,4 @@
-//! Three `flotilla leader` processes forming one raft cluster on loopback.
+//! Three `flotilla leader` (or `follower`) processes forming one raft cluster on loopback.
 //!
 //! Every node gets fixed ports (picked free at start) for its raft listener and its gRPC
 //! API, so a node restarted on the same data dir comes back at the same addresses and
@@ -38,6 +38,12 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// How long a process may take to report its listening addresses.
     pub start_timeout: Duration,
+    /// `flotilla <role>`: `leader` (the default) or `follower`. A follower cluster also
+    /// needs `--replication.leader-address` in [`Self::extra_args`].
+    pub role: String,
+    /// Give every leader node a fixed replication port (see [`Cluster::replication_addr`]),
+    /// so followers can be pointed at it across restarts.
+    pub replication: bool,
 }
 
 impl Default for ClusterOptions {
@@ -47,6 +53,8 @@ impl Default for ClusterOptions {
             rtt: "50ms".into(),
             extra_args: Vec::new(),
             start_timeout: Duration::from_secs(30),
+            role: "leader".into(),
+            replication: false,
         }
     }
 }
@@ -58,6 +66,9 @@ struct Member {
     data_dir: PathBuf,
     api_address: String,
     raft_address: SocketAddr,
+    /// Where a leader node serves replication, when the cluster was started with
+    /// [`ClusterOptions::replication`].
+    replication_address: Option<SocketAddr>,
     /// The `--raft.*` and extra flags, identical on every restart.
     args: Vec<String>,
     /// A lazy channel to `api_address`; reconnects after restarts.
@@ -72,6 +83,8 @@ pub struct Cluster {
     /// `(from, to)` -> the proxy node `from` dials to reach `to`.
     proxies: BTreeMap<(u64, u64), LinkProxy>,
     start_timeout: Duration,
+    /// `leader` or `follower`.
+    role: String,
 }
 
 /// `n` listeners on distinct free loopback ports below Linux's ephemeral range
@@ -114,8 +127,9 @@ impl Cluster {
     /// [`Self::wait_leader`]).
     pub async fn start(root: &Path, opts: ClusterOptions) -> Self {
         let count = usize::try_from(NODES).expect("node count");
-        let reserved = reserve_ports(2 * count);
-        let (raft_ports, api_ports) = reserved.split_at(count);
+        let reserved = reserve_ports(3 * count);
+        let (raft_ports, rest) = reserved.split_at(count);
+        let (api_ports, replication_ports) = rest.split_at(count);
         let raft: BTreeMap<u64, SocketAddr> = Self::ids()
             .zip(raft_ports)
             .map(|(id, l)| (id, SocketAddr::from(([127, 0, 0, 1], port(l)))))
@@ -131,7 +145,8 @@ impl Cluster {
         }
 
         let mut members = Vec::new();
-        for (id, api_port) in Self::ids().zip(api_ports) {
+        for ((id, api_port), replication_port) in Self::ids().zip(api_ports).zip(replication_ports)
+        {
             // The addresses this node dials: its peers' proxies, or their raft listeners.
             let initial_members = raft
                 .iter()
@@ -157,6 +172,12 @@ impl Cluster {
                 "--api.advertise-address".to_owned(),
                 format!("http://{api_address}"),
             ]);
+            let replication_address = opts
+                .replication
+                .then(|| SocketAddr::from(([127, 0, 0, 1], port(replication_port))));
+            if let Some(addr) = replication_address {
+                args.extend(["--replication.address".to_owned(), addr.to_string()]);
+            }
             args.extend(opts.extra_args.iter().cloned());
             members.push(Member {
                 id,
@@ -164,6 +185,7 @@ impl Cluster {
                 channel: lazy_channel(&api_address),
                 api_address,
                 raft_address: raft[&id],
+                replication_address,
                 args,
                 process: None,
             });
@@ -173,6 +195,7 @@ impl Cluster {
             members,
             proxies,
             start_timeout: opts.start_timeout,
+            role: opts.role,
         };
         cluster.restart_all().await;
         cluster
@@ -225,6 +248,14 @@ impl Cluster {
         self.member(id).raft_address
     }
 
+    /// Node `id`'s fixed replication address; panics unless the cluster was started with
+    /// [`ClusterOptions::replication`].
+    pub fn replication_addr(&self, id: u64) -> SocketAddr {
+        self.member(id)
+            .replication_address
+            .unwrap_or_else(|| panic!("node {id} has no fixed replication address"))
+    }
+
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: u64) -> &Path {
         &self.member(id).data_dir
@@ -262,17 +293,18 @@ impl Cluster {
     /// SIGKILL first if it still runs).
     pub async fn restart(&mut self, id: u64) {
         self.kill9(id).await;
-        let timeout = self.start_timeout;
+        let (timeout, role) = (self.start_timeout, self.role.clone());
         let m = self.member_mut(id);
-        m.process = Some(Process::start_with(&m.data_dir, &m.api_address, &m.args, timeout).await);
+        m.process =
+            Some(Process::start_role(&role, &m.data_dir, &m.api_address, &m.args, timeout).await);
     }
 
     /// Starts every node that is down, concurrently.
     pub async fn restart_all(&mut self) {
-        let timeout = self.start_timeout;
+        let (timeout, role) = (self.start_timeout, &self.role);
         let started = join_all(self.members.iter().filter(|m| m.process.is_none()).map(
             |m| async move {
-                let p = Process::start_with(&m.data_dir, &m.api_address, &m.args, timeout);
+                let p = Process::start_role(role, &m.data_dir, &m.api_address, &m.args, timeout);
                 (m.id, p.await)
             },
         ))
