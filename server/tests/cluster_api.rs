@@ -14,16 +14,6 @@ use flotilla_proto::regatta::v1::{
 use flotilla_server::Running;
 use tonic::transport::Channel;
 
-/// A free loopback port below Linux's ephemeral range (32768-60999), so no outgoing
-/// connection of the servers started meanwhile can be given it as its local port.
-fn free_port(k: u16) -> u16 {
-    let start = u16::try_from(std::process::id() % 5_000).expect("small") * 2;
-    (0..1_000)
-        .map(|i| 20_000 + (start + k * 1_000 + i) % 12_000)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port")
-}
-
 async fn channel(running: &Running) -> Channel {
     Channel::from_shared(format!("http://{}", running.api_addr))
         .expect("uri")
@@ -34,7 +24,7 @@ async fn channel(running: &Running) -> Channel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_serves_and_every_node_stops_gracefully() {
-    let ports: Vec<u16> = (0..3).map(free_port).collect();
+    let ports: Vec<u16> = (0..3).map(common::free_port).collect();
     let members = format!(
         "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
         ports[0], ports[1], ports[2]

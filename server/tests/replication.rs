@@ -2,7 +2,8 @@
 //! every command type replicates with the leader's revisions, tables come and go by
 //! themselves, writes through the follower are read back at once, a follower that starts
 //! after the leader compacted its log recovers by snapshot, Reset re-pulls, and the
-//! leader's Log/Replicate answers USE_SNAPSHOT and LEADER_BEHIND.
+//! leader's Log/Replicate answers USE_SNAPSHOT and LEADER_BEHIND. One test runs a
+//! three-node follower cluster, whose table worker moves when its node stops.
 
 mod common;
 
@@ -298,5 +299,81 @@ async fn a_late_follower_recovers_by_snapshot_and_reset_repulls() {
     leader.put("t", b"after-reset", b"z").await;
     assert_converges(&leader, &follower, "t").await;
     follower.shutdown().await;
+    leader.shutdown().await;
+}
+
+/// The nodes of `followers` whose worker holds table `t` (`leased` = 1).
+async fn lease_holders(followers: &[Option<TestServer>]) -> Vec<usize> {
+    let mut holders = Vec::new();
+    for (i, f) in followers.iter().enumerate() {
+        if let Some(f) = f
+            && metric(f, "flotilla_replication_leased{table=\"t\"}").await == 1.0
+        {
+            holders.push(i);
+        }
+    }
+    holders
+}
+
+/// Waits until exactly one running follower node holds the worker of `t`.
+async fn one_lease_holder(followers: &[Option<TestServer>]) -> usize {
+    let mut holders = Vec::new();
+    let one = eventually(WAIT, async || {
+        holders = lease_holders(followers).await;
+        holders.len() == 1
+    })
+    .await;
+    assert!(one, "one node holds the worker, not {holders:?}");
+    holders[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_moves_when_its_node_stops() {
+    let leader = leader(10_000).await;
+    leader.create_table("t").await;
+    let addr = leader
+        .running
+        .as_ref()
+        .and_then(|r| r.replication_addr)
+        .expect("leader serves replication");
+    // A three-node follower cluster.
+    let ports: Vec<u16> = (0..3).map(common::free_port).collect();
+    let members = (0..3)
+        .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut followers = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut s = settings(dir.path());
+        s.raft.node_id = i as u64 + 1;
+        s.raft.address = format!("127.0.0.1:{port}");
+        s.raft.initial_members = members.clone();
+        s.raft.rtt = "10ms".into();
+        s.replication.leader_address = format!("http://{addr}");
+        s.replication.reconcile_interval = "200ms".into();
+        followers.push(Some(TestServer::start_as(dir, s, Role::Follower).await));
+    }
+    for i in 0..50u32 {
+        leader.put("t", format!("a{i:03}").as_bytes(), b"v").await;
+    }
+    for f in followers.iter().flatten() {
+        assert_converges(&leader, f, "t").await;
+    }
+    let holder = one_lease_holder(&followers).await;
+
+    // Stop the node holding the worker: another takes the table over.
+    followers[holder].take().expect("running").shutdown().await;
+    for i in 0..50u32 {
+        leader.put("t", format!("b{i:03}").as_bytes(), b"v").await;
+    }
+    let new_holder = one_lease_holder(&followers).await;
+    assert_ne!(new_holder, holder);
+    for f in followers.iter().flatten() {
+        assert_converges(&leader, f, "t").await;
+    }
+    for f in followers.into_iter().flatten() {
+        f.shutdown().await;
+    }
     leader.shutdown().await;
 }

@@ -163,6 +163,16 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// A free loopback port below Linux's ephemeral range (32768-60999), so no outgoing
+/// connection of the servers started meanwhile can be given it as its local port.
+pub fn free_port(k: u16) -> u16 {
+    let start = u16::try_from(std::process::id() % 5_000).expect("small") * 2;
+    (0..1_000)
+        .map(|i| 20_000 + (start + k * 1_000 + i) % 12_000)
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port")
+}
+
 /// Polls `check` until it returns true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
