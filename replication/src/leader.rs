@@ -6,14 +6,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_proto::mvcc::v1::{Command, command::CommandType};
+use flotilla_proto::mvcc::v1::{Command, KeyValue, command::CommandType};
 use flotilla_proto::replication::v1::{
     MetadataRequest, MetadataResponse, ReplicateCommand, ReplicateCommandsResponse,
     ReplicateErrResponse, ReplicateError, ReplicateRequest, ReplicateResponse, SnapshotChunk,
     SnapshotQueryRequest, SnapshotQueryResponse, SnapshotRequest, Table, log_server::Log,
     metadata_server::Metadata, replicate_response, snapshot_server::Snapshot, table,
 };
-use flotilla_tables::export::LogRead;
+use flotilla_tables::export::{Change, ChangesRead, LogRead};
 use flotilla_tables::{Node, Table as LocalTable};
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -67,6 +67,24 @@ impl LeaderService {
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A table's snapshot as a stream of ≤1 MiB chunks of the WIRE.md §5.8-7 byte format.
+pub type SnapshotStream = BoxStream<SnapshotChunk>;
+
+impl LeaderService {
+    /// Starts streaming the full snapshot of `table` (what Snapshot/Stream and the
+    /// `snapshots-live/<table>` HTTP object send); `None` if there is no such table.
+    pub async fn live_snapshot(&self, table: &[u8]) -> Option<SnapshotStream> {
+        let table = self.table(table).await?;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = write_full_snapshot(&table, &tx) {
+                let _ = tx.blocking_send(Err(Status::unavailable(e)));
+            }
+        });
+        Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
 
 fn applied(table: &LocalTable) -> u64 {
     table
@@ -250,7 +268,7 @@ impl ReplicateStream {
 
 #[tonic::async_trait]
 impl Snapshot for LeaderService {
-    type StreamStream = BoxStream<SnapshotChunk>;
+    type StreamStream = SnapshotStream;
 
     async fn stream(
         &self,
@@ -258,29 +276,17 @@ impl Snapshot for LeaderService {
     ) -> Result<Response<Self::StreamStream>, Status> {
         let req = request.into_inner();
         let name = String::from_utf8_lossy(&req.table).into_owned();
-        let table = self.table(&req.table).await.ok_or_else(|| {
+        let not_found = || {
             Status::unavailable(format!(
                 "unable to stream from table '{name}': table not found"
             ))
-        })?;
+        };
         if req.incremental {
-            // Incremental snapshots need deleted keys' revisions (tombstones); this store
-            // keeps no MVCC history yet, so it cannot say which keys went away.
-            return Err(Status::failed_precondition(format!(
-                "requested leader_index {} is at or below GC horizon {}; use a full snapshot",
-                req.leader_index,
-                applied(&table)
-            )));
+            let table = self.table(&req.table).await.ok_or_else(not_found)?;
+            return incremental_stream(table, req.leader_index).await;
         }
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = write_full_snapshot(&table, &tx) {
-                let _ = tx.blocking_send(Err(Status::unavailable(e)));
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let stream = self.live_snapshot(&req.table).await.ok_or_else(not_found)?;
+        Ok(Response::new(stream))
     }
 
     async fn query(
@@ -297,6 +303,139 @@ impl Snapshot for LeaderService {
     }
 }
 
+/// Whether an incremental export can go ahead: known once it emits its first record or
+/// ends, so a refusal is the call's status rather than an error inside the stream.
+type Verdict = Result<(), Status>;
+
+/// Snapshot/Stream with `incremental`: the changes after `since` (WIRE.md §5.8-7), or
+/// FAILED_PRECONDITION when deletes that old are forgotten.
+async fn incremental_stream(
+    table: LocalTable,
+    since: u64,
+) -> Result<Response<SnapshotStream>, Status> {
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel::<Verdict>();
+    tokio::task::spawn_blocking(move || {
+        let mut verdict = Some(verdict_tx);
+        let outcome = write_incremental_snapshot(&table, since, &tx, &mut verdict);
+        let refusal = match outcome {
+            Ok(None) => Ok(()),
+            Ok(Some(horizon)) => Err(Status::failed_precondition(format!(
+                "requested leader_index {since} is at or below GC horizon {horizon}; use a full snapshot"
+            ))),
+            Err(e) => Err(Status::unavailable(e)),
+        };
+        match verdict.take() {
+            Some(v) => {
+                let _ = v.send(refusal);
+            }
+            None => {
+                if let Err(status) = refusal {
+                    let _ = tx.blocking_send(Err(status));
+                }
+            }
+        }
+    });
+    verdict_rx
+        .await
+        .map_err(|_| Status::internal("incremental snapshot task failed"))??;
+    Ok(Response::new(Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
+}
+
+/// Streams the changes of `table` after `since`: a PUT per live key written since (key
+/// order), a DELETE (key only) per key deleted since, then a DUMMY with the applied index.
+/// Returns the horizon when `since` is older than the deletes the table remembers. Tells
+/// `verdict` it may stream before the first chunk goes out.
+fn write_incremental_snapshot(
+    table: &LocalTable,
+    since: u64,
+    tx: &mpsc::Sender<Result<SnapshotChunk, Status>>,
+    verdict: &mut Option<tokio::sync::oneshot::Sender<Verdict>>,
+) -> Result<Option<u64>, String> {
+    let name = table.name().as_bytes().to_vec();
+    let mut send = |data: Vec<u8>| {
+        if let Some(v) = verdict.take() {
+            let _ = v.send(Ok(()));
+        }
+        send_chunk(tx, data)
+    };
+    let mut writer = RecordWriter::default();
+    let mut failed = None;
+    let read = table
+        .changes_blocking(since, |change| {
+            let cmd = match change {
+                Change::Put(kv) => Command {
+                    table: name.clone(),
+                    r#type: CommandType::Put as i32,
+                    kv: Some(kv),
+                    ..Default::default()
+                },
+                Change::Delete(key) => Command {
+                    table: name.clone(),
+                    r#type: CommandType::Delete as i32,
+                    kv: Some(KeyValue {
+                        key,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            };
+            match writer.push(&cmd) {
+                Ok(Some(chunk)) => send(chunk),
+                Ok(None) => true,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    false
+                }
+            }
+        })
+        .map_err(|e| failed.take().unwrap_or_else(|| e.to_string()))?;
+    let state = match read {
+        ChangesRead::Done(state) => state,
+        ChangesRead::BeforeHorizon { horizon } => return Ok(Some(horizon)),
+    };
+    finish_snapshot(&mut writer, name, state.index, &mut send)?;
+    Ok(None)
+}
+
+/// Sends one chunk of a snapshot stream; false once the receiver is gone.
+fn send_chunk(tx: &mpsc::Sender<Result<SnapshotChunk, Status>>, data: Vec<u8>) -> bool {
+    tx.blocking_send(Ok(SnapshotChunk {
+        len: data.len() as u64,
+        data,
+        index: 0,
+    }))
+    .is_ok()
+}
+
+/// Appends the trailing DUMMY carrying `index` and sends what is left of the stream.
+fn finish_snapshot(
+    writer: &mut RecordWriter,
+    table: Vec<u8>,
+    index: u64,
+    send: &mut impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), String> {
+    let dummy = Command {
+        table,
+        r#type: CommandType::Dummy as i32,
+        leader_index: Some(index),
+        ..Default::default()
+    };
+    if let Some(chunk) = writer.push(&dummy).map_err(|e| e.to_string())?
+        && !send(chunk)
+    {
+        return Ok(());
+    }
+    for chunk in std::mem::take(writer).finish().map_err(|e| e.to_string())? {
+        if !send(chunk) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
 /// Streams table's full snapshot: one PUT per live key (with its revisions) in key
 /// order, then a DUMMY carrying the applied index the data reflects.
 fn write_full_snapshot(
@@ -304,14 +443,7 @@ fn write_full_snapshot(
     tx: &mpsc::Sender<Result<SnapshotChunk, Status>>,
 ) -> Result<(), String> {
     let name = table.name().as_bytes().to_vec();
-    let send = |data: Vec<u8>| {
-        tx.blocking_send(Ok(SnapshotChunk {
-            len: data.len() as u64,
-            data,
-            index: 0,
-        }))
-        .is_ok()
-    };
+    let mut send = |data: Vec<u8>| send_chunk(tx, data);
     let mut writer = RecordWriter::default();
     let mut failed = None;
     let state = table
@@ -332,21 +464,5 @@ fn write_full_snapshot(
             }
         })
         .map_err(|e| failed.take().unwrap_or_else(|| e.to_string()))?;
-    let dummy = Command {
-        table: name,
-        r#type: CommandType::Dummy as i32,
-        leader_index: Some(state.index),
-        ..Default::default()
-    };
-    if let Some(chunk) = writer.push(&dummy).map_err(|e| e.to_string())?
-        && !send(chunk)
-    {
-        return Ok(());
-    }
-    for chunk in writer.finish().map_err(|e| e.to_string())? {
-        if !send(chunk) {
-            return Ok(());
-        }
-    }
-    Ok(())
+    finish_snapshot(&mut writer, name, state.index, &mut send)
 }

@@ -11,6 +11,7 @@ pub mod maintenance;
 pub mod metrics_svc;
 pub mod peers;
 pub mod rest;
+pub mod snapshot_http;
 pub mod status;
 pub mod tables_svc;
 pub mod validate;
@@ -38,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::server::Router;
+use tonic::service::{Routes, RoutesBuilder};
 
 use crate::api::Api;
 
@@ -294,18 +295,26 @@ async fn serve_replication(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+    let mut routes = Routes::builder();
+    routes
         .add_service(svc!(MetadataServer, LEADER_SEND, service.clone()))
         .add_service(svc!(LogServer, LEADER_SEND, service.clone()))
-        .add_service(svc!(SnapshotServer, LEADER_SEND, service))
+        .add_service(svc!(SnapshotServer, LEADER_SEND, service.clone()))
         .add_service(svc!(KvServer, LEADER_SEND, kv::KvService::new(api)));
-    let router = with_reflection(router);
+    add_reflection(&mut routes);
+    // Plain HTTP GETs of snapshot objects share the port with gRPC (HTTP/1.1 or h2c).
+    let app = routes
+        .routes()
+        .into_axum_router()
+        .merge(snapshot_http::router(service));
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    let served = router
+    let served = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_routes(Routes::from(app))
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
         .await;
     if let Err(e) = served {
@@ -315,7 +324,7 @@ async fn serve_replication(
 }
 
 /// Adds gRPC server reflection over the public protos (WIRE.md §5.11).
-fn with_reflection(router: Router) -> Router {
+fn add_reflection(routes: &mut RoutesBuilder) {
     let v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .build_v1();
@@ -323,16 +332,16 @@ fn with_reflection(router: Router) -> Router {
         .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha();
     match (v1, alpha) {
-        (Ok(r), Ok(a)) => router.add_service(r).add_service(a),
-        (r, a) => {
-            tracing::warn!("gRPC reflection unavailable: {:?} {:?}", r.err(), a.err());
-            router
+        (Ok(r), Ok(a)) => {
+            routes.add_service(r).add_service(a);
         }
+        (r, a) => tracing::warn!("gRPC reflection unavailable: {:?} {:?}", r.err(), a.err()),
     }
 }
 
 async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
-    let router = tonic::transport::Server::builder()
+    let mut routes = Routes::builder();
+    routes
         .add_service(svc!(
             KvServer,
             MAX_SEND_MESSAGE_BYTES,
@@ -358,13 +367,14 @@ async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
             MAX_SEND_MESSAGE_BYTES,
             maintenance::MaintenanceService::new(api.clone())
         ));
-    let router = with_reflection(router);
+    add_reflection(&mut routes);
     // Small responses are written as several HTTP/2 frames; without TCP_NODELAY, Nagle
     // holds the last one until the client's delayed ACK (~40 ms per call).
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    let served = router
+    let served = tonic::transport::Server::builder()
+        .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
         .await;
     if let Err(e) = served {

@@ -1,5 +1,6 @@
 //! What a leader cluster hands to follower clusters: committed log entries as commands,
-//! and a consistent copy of a table's data. Blocking (RocksDB reads): run off the reactor.
+//! and a consistent copy of a table's data, whole or only what changed since a revision.
+//! Blocking (RocksDB reads): run off the reactor.
 
 use flotilla_proto::mvcc::v1::{Command, KeyValue, command::CommandType};
 use prost::Message as _;
@@ -31,11 +32,7 @@ pub fn read_log(engine: &Engine, id: u64, from: u64, to: u64, max_bytes: usize) 
     // One snapshot for the truncation point and the entries: compaction between the two
     // reads would otherwise look like a hole.
     let snap = engine.snapshot();
-    let raft_cf = engine.cf(keys::CF_RAFT);
-    let truncated = match snap.get_cf(raft_cf, keys::truncated_key(id))? {
-        Some(b) if b.len() >= 8 => keys::decode_u64(&b[..8]).unwrap_or(0),
-        _ => 0,
-    };
+    let truncated = truncated_index(engine, &snap, id)?;
     if from <= truncated {
         return Ok(LogRead::Compacted);
     }
@@ -103,21 +100,35 @@ pub struct ExportedPair {
     pub value: StoredValue,
 }
 
-/// Calls `emit` for every live key of table `id` in key order, all read from one RocksDB
-/// snapshot, and returns the applied state that snapshot reflects. `emit` returning false
-/// stops the walk with `Unavailable` (the receiver went away).
-pub fn for_each_pair(
+type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
+
+/// The last log index compaction removed from group `id` (0 if none), as of `snap`.
+fn truncated_index(engine: &Engine, snap: &Snapshot<'_>, id: u64) -> Result<u64> {
+    Ok(
+        match snap.get_cf(engine.cf(keys::CF_RAFT), keys::truncated_key(id))? {
+            Some(b) if b.len() >= 8 => keys::decode_u64(&b[..8]).unwrap_or(0),
+            _ => 0,
+        },
+    )
+}
+
+fn applied_state(engine: &Engine, snap: &Snapshot<'_>, id: u64) -> Result<AppliedState> {
+    match snap.get_cf(engine.cf(keys::CF_META), keys::applied_key(id))? {
+        Some(b) => AppliedState::decode(&b),
+        None => Ok(AppliedState::default()),
+    }
+}
+
+/// Visits every live key of table `id` in key order as of `snap`, until `visit` returns
+/// false (then `Unavailable`: the receiver went away).
+fn walk_live(
     engine: &Engine,
+    snap: &Snapshot<'_>,
     id: u64,
-    mut emit: impl FnMut(KeyValue) -> bool,
-) -> Result<AppliedState> {
-    let snap = engine.snapshot();
-    let applied = match snap.get_cf(engine.cf(keys::CF_META), keys::applied_key(id))? {
-        Some(b) => AppliedState::decode(&b)?,
-        None => AppliedState::default(),
-    };
+    mut visit: impl FnMut(KeyValue) -> bool,
+) -> Result<()> {
     let mut opts = ReadOptions::default();
-    opts.set_snapshot(&snap);
+    opts.set_snapshot(snap);
     opts.set_iterate_upper_bound(keys::table_end(id));
     // A bulk read: do not evict what point reads keep warm.
     opts.fill_cache(false);
@@ -132,13 +143,93 @@ pub fn for_each_pair(
             mod_revision: stored.mod_revision as i64,
             value: stored.value,
         };
-        if !emit(kv) {
+        if !visit(kv) {
             return Err(Error::Unavailable("snapshot receiver went away".into()));
         }
         iter.next();
     }
-    iter_status(&iter)?;
+    iter_status(&iter)
+}
+
+/// Calls `emit` for every live key of table `id` in key order, all read from one RocksDB
+/// snapshot, and returns the applied state that snapshot reflects. `emit` returning false
+/// stops the walk with `Unavailable` (the receiver went away).
+pub fn for_each_pair(
+    engine: &Engine,
+    id: u64,
+    emit: impl FnMut(KeyValue) -> bool,
+) -> Result<AppliedState> {
+    let snap = engine.snapshot();
+    let applied = applied_state(engine, &snap, id)?;
+    walk_live(engine, &snap, id, emit)?;
     Ok(applied)
+}
+
+/// One record of an incremental export.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A live key last written after the base revision, with its value and revisions.
+    Put(KeyValue),
+    /// A key deleted after the base revision and not live now.
+    Delete(Vec<u8>),
+}
+
+/// How an incremental export ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ChangesRead {
+    /// Every change after the base was emitted; the applied state they bring a copy to.
+    Done(AppliedState),
+    /// Deletes up to `horizon` are forgotten (compacted with the log), so changes since
+    /// an older base cannot be told: the reader needs a full export.
+    BeforeHorizon {
+        /// The oldest base an incremental export can start from.
+        horizon: u64,
+    },
+}
+
+/// Calls `emit` for every change of table `id` after revision `since`, all read from one
+/// RocksDB snapshot: a `Put` per live key whose last write is newer (in key order), then a
+/// `Delete` per key deleted since and not live now (in the order of its first such
+/// delete). Applying them to a copy of the table as of `since` gives the table as of the
+/// returned applied state. Tombstones live only on leader tables, kept back to the log's
+/// compaction point; `emit` returning false stops the walk with `Unavailable`.
+pub fn for_each_change(
+    engine: &Engine,
+    id: u64,
+    since: u64,
+    mut emit: impl FnMut(Change) -> bool,
+) -> Result<ChangesRead> {
+    let snap = engine.snapshot();
+    let horizon = truncated_index(engine, &snap, id)?;
+    if since < horizon {
+        return Ok(ChangesRead::BeforeHorizon { horizon });
+    }
+    let applied = applied_state(engine, &snap, id)?;
+    walk_live(engine, &snap, id, |kv| {
+        kv.mod_revision as u64 <= since || emit(Change::Put(kv))
+    })?;
+
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&snap);
+    opts.set_iterate_upper_bound(keys::tombstones_end(id));
+    opts.fill_cache(false);
+    let mut iter = engine.raw_iter_opt(keys::CF_META, opts);
+    iter.seek(keys::tombstone_key(id, since.saturating_add(1), &[]));
+    let data_cf = engine.cf(keys::CF_DATA);
+    let mut deleted = std::collections::HashSet::new();
+    while let Some(k) = iter.key() {
+        let (_, key) = keys::tombstone_parts(k)
+            .ok_or_else(|| Error::Corrupt(format!("tombstone key of table {id}")))?;
+        if !deleted.contains(key) && snap.get_cf(data_cf, keys::data_key(id, key))?.is_none() {
+            deleted.insert(key.to_vec());
+            if !emit(Change::Delete(key.to_vec())) {
+                return Err(Error::Unavailable("snapshot receiver went away".into()));
+            }
+        }
+        iter.next();
+    }
+    iter_status(&iter)?;
+    Ok(ChangesRead::Done(applied))
 }
 
 #[cfg(test)]
@@ -223,5 +314,103 @@ mod tests {
         assert!(
             matches!(read_log(&engine, 7, 4, 10, usize::MAX).expect("read"), LogRead::Commands(c) if c.len() == 1)
         );
+    }
+
+    fn delete_cmd(key: &[u8], end: Option<&[u8]>) -> Command {
+        Command {
+            r#type: CommandType::Delete as i32,
+            kv: Some(KeyValue {
+                key: key.to_vec(),
+                ..Default::default()
+            }),
+            range_end: end.map(<[u8]>::to_vec),
+            ..Default::default()
+        }
+    }
+
+    fn changes(engine: &Engine, since: u64) -> (Vec<Change>, ChangesRead) {
+        let mut out = Vec::new();
+        let read = for_each_change(engine, 7, since, |c| {
+            out.push(c);
+            true
+        })
+        .expect("changes");
+        (out, read)
+    }
+
+    fn put_of(key: &str, revision: i64, create: i64) -> Change {
+        Change::Put(KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            create_revision: create,
+            mod_revision: revision,
+        })
+    }
+
+    #[test]
+    fn changes_since_a_revision_are_the_newer_puts_and_the_deleted_keys() {
+        let dir = tempfile::tempdir().expect("dir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let fsm = crate::fsm::TableFsm::new(engine.clone(), 7);
+        let mut state = AppliedState::default();
+        let log = [
+            put_cmd(b"k1"),
+            put_cmd(b"k2"),
+            put_cmd(b"k3"),
+            put_cmd(b"k4"),
+            put_cmd(b"k5"),
+            delete_cmd(b"k2", None),
+            put_cmd(b"k6"),
+            delete_cmd(b"k3", Some(b"k5")),
+            put_cmd(b"k3"),
+        ];
+        for (i, cmd) in log.iter().enumerate() {
+            fsm.apply_entry(i as u64 + 1, 1, &cmd.encode_to_vec(), &mut state)
+                .expect("apply");
+        }
+        let (got, read) = changes(&engine, 5);
+        assert_eq!(read, ChangesRead::Done(state));
+        assert_eq!(
+            got,
+            vec![
+                put_of("k3", 9, 9),
+                put_of("k6", 7, 7),
+                Change::Delete(b"k2".to_vec()),
+                Change::Delete(b"k4".to_vec()),
+            ],
+            "k3 was deleted too, but is live again"
+        );
+        let (all, _) = changes(&engine, 0);
+        assert_eq!(all.len(), 6, "4 live keys and 2 deleted ones: {all:?}");
+        assert_eq!(changes(&engine, 9).0, Vec::new(), "nothing after the tip");
+
+        // Once the log is compacted past 6, deletes up to it are forgotten.
+        let mut batch = WriteBatch::default();
+        let mut truncated = 6u64.to_be_bytes().to_vec();
+        truncated.extend_from_slice(&1u64.to_be_bytes());
+        batch.put_cf(engine.cf(keys::CF_RAFT), keys::truncated_key(7), truncated);
+        engine.write(batch, false).expect("write");
+        assert_eq!(
+            changes(&engine, 5).1,
+            ChangesRead::BeforeHorizon { horizon: 6 }
+        );
+        assert!(matches!(changes(&engine, 6).1, ChangesRead::Done(_)));
+    }
+
+    #[test]
+    fn replicated_tables_keep_no_tombstones() {
+        let dir = tempfile::tempdir().expect("dir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let fsm = crate::fsm::TableFsm::new(engine.clone(), 7);
+        let mut state = AppliedState::default();
+        for (i, mut cmd) in [put_cmd(b"k1"), delete_cmd(b"k1", None)]
+            .into_iter()
+            .enumerate()
+        {
+            cmd.leader_index = Some(100 + i as u64);
+            fsm.apply_entry(i as u64 + 1, 1, &cmd.encode_to_vec(), &mut state)
+                .expect("apply");
+        }
+        assert_eq!(changes(&engine, 0).0, Vec::new());
     }
 }

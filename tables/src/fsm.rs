@@ -83,18 +83,25 @@ impl TableFsm {
         };
         let mut batch = WriteBatch::default();
         let data_cf = self.engine.cf(keys::CF_DATA);
+        let meta_cf = self.engine.cf(keys::CF_META);
+        // Leader tables remember what they delete, for incremental snapshots; a table
+        // replicated from a leader cluster (it has a leader index) serves none, and its
+        // revisions are the leader's, which its own log compaction could not age out.
+        let keep_tombstones = next.leader_index.is_none();
         for (key, value) in overlay.into_writes() {
             let dkey = keys::data_key(self.table_id, &key);
             match value {
                 Some(v) => batch.put_cf(data_cf, dkey, v.encode()),
-                None => batch.delete_cf(data_cf, dkey),
+                None => {
+                    batch.delete_cf(data_cf, dkey);
+                    if keep_tombstones {
+                        let tombstone = keys::tombstone_key(self.table_id, output.revision, &key);
+                        batch.put_cf(meta_cf, tombstone, []);
+                    }
+                }
             }
         }
-        batch.put_cf(
-            self.engine.cf(keys::CF_META),
-            keys::applied_key(self.table_id),
-            next.encode(),
-        );
+        batch.put_cf(meta_cf, keys::applied_key(self.table_id), next.encode());
         // No sync: the raft log is durable, and replay restarts from the applied index
         // stored in this same batch.
         self.engine.write(batch, false)?;

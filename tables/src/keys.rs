@@ -12,6 +12,7 @@
 //! | raft   | `id ++ 0x03`                          | truncated log state            |
 //! | meta   | `id ++ 0x01`                          | applied state                  |
 //! | meta   | `id ++ 0x02`                          | raft `ConfState` (protobuf)    |
+//! | meta   | `id ++ 0x03 ++ revision(be) ++ user_key` | empty: `user_key` was deleted at `revision` (leader tables; incremental snapshots) |
 //! | meta   | `CATALOG_ID ++ 0x10 ++ name`          | table id (be)                  |
 //! | meta   | `CATALOG_ID ++ 0x11 ++ id(be)`        | empty: a dropped table whose data still has to be removed |
 //! | meta   | `CATALOG_ID ++ 0x12 ++ id(be)`        | a raft snapshot of table `id` being installed (redone at start) |
@@ -33,6 +34,7 @@ const RAFT_HARD_STATE: u8 = 0x02;
 const RAFT_TRUNCATED: u8 = 0x03;
 const META_APPLIED: u8 = 0x01;
 const META_CONF_STATE: u8 = 0x02;
+const META_TOMBSTONE: u8 = 0x03;
 const META_CATALOG_TABLE: u8 = 0x10;
 const META_CATALOG_DROPPED: u8 = 0x11;
 const META_SNAPSHOT_INSTALL: u8 = 0x12;
@@ -104,6 +106,27 @@ pub fn applied_key(id: u64) -> Vec<u8> {
 /// Meta-family key of the conf state of group `id`.
 pub fn conf_state_key(id: u64) -> Vec<u8> {
     suffixed(id, META_CONF_STATE)
+}
+
+/// Meta-family key recording that `user_key` of table `id` was deleted at `revision`.
+/// Tombstones sort by revision, so forgetting those up to a point is one range delete.
+pub fn tombstone_key(id: u64, revision: u64, user_key: &[u8]) -> Vec<u8> {
+    let mut key = suffixed(id, META_TOMBSTONE);
+    key.reserve(8 + user_key.len());
+    key.extend_from_slice(&revision.to_be_bytes());
+    key.extend_from_slice(user_key);
+    key
+}
+
+/// Exclusive end of table `id`'s tombstones.
+pub fn tombstones_end(id: u64) -> Vec<u8> {
+    prefix_end(&suffixed(id, META_TOMBSTONE))
+}
+
+/// The revision and user key inside a [`tombstone_key`].
+pub fn tombstone_parts(key: &[u8]) -> Option<(u64, &[u8])> {
+    let revision = decode_u64(key.get(9..17)?)?;
+    Some((revision, &key[17..]))
 }
 
 /// Meta-family key of the catalog entry for table `name`.
@@ -190,6 +213,20 @@ mod tests {
         assert!(raft_log_key(3, u64::MAX) < hard_state_key(3));
         assert_eq!(raft_log_index(&raft_log_key(3, 42)), Some(42));
         assert_eq!(raft_log_index(&hard_state_key(3)), None);
+    }
+
+    #[test]
+    fn tombstones_sort_by_revision_and_stay_in_their_table() {
+        let a = tombstone_key(4, 9, b"zz");
+        let b = tombstone_key(4, 10, b"a");
+        assert!(a < b && b < tombstones_end(4));
+        assert!(applied_key(4) < tombstone_key(4, 0, b""));
+        assert!(tombstones_end(4) <= table_end(4));
+        assert_eq!(tombstone_parts(&b), Some((10, &b"a"[..])));
+        assert_eq!(
+            tombstone_parts(&tombstone_key(4, 1, b"")),
+            Some((1, &b""[..]))
+        );
     }
 
     #[test]

@@ -145,6 +145,12 @@ impl RaftStorage {
             keys::truncated_key(self.id),
             encode_truncated(meta.index, meta.term),
         );
+        // The snapshot replaces the data, and deletes older than it are no longer known.
+        batch.delete_range_cf(
+            self.engine.cf(keys::CF_META),
+            keys::tombstone_key(self.id, 0, &[]),
+            keys::tombstones_end(self.id),
+        );
         batch.put_cf(
             self.engine.cf(keys::CF_META),
             keys::conf_state_key(self.id),
@@ -249,6 +255,13 @@ impl RaftStorage {
             cf,
             keys::truncated_key(self.id),
             encode_truncated(index, term),
+        );
+        // Deletes up to the compaction point are forgotten with the log: an incremental
+        // snapshot from before it is refused (the reader takes a full one).
+        batch.delete_range_cf(
+            self.engine.cf(keys::CF_META),
+            keys::tombstone_key(self.id, 0, &[]),
+            keys::tombstone_key(self.id, index + 1, &[]),
         );
         self.engine.write(batch, false)?;
         let removed = index - self.truncated.0;
@@ -460,8 +473,31 @@ mod tests {
         let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
         let w = s.stage(&entries, None).expect("stage");
         persist(&engine, w);
+        let mut deletes = WriteBatch::default();
+        for revision in [5, 6, 7] {
+            deletes.put_cf(
+                engine.cf(keys::CF_META),
+                keys::tombstone_key(9, revision, b"k"),
+                [],
+            );
+        }
+        engine.write(deletes, false).expect("tombstones");
         s.compact(6).expect("compact");
         assert_eq!(s.first_index().expect("first"), 7);
+        // Deletes up to the compaction point are forgotten with the log.
+        let mut iter = engine.iter(
+            keys::CF_META,
+            keys::tombstone_key(9, 0, b""),
+            keys::tombstones_end(9),
+        );
+        iter.seek_to_first();
+        let mut left = Vec::new();
+        while let Some(k) = iter.key() {
+            left.push(k.to_vec());
+            iter.next();
+        }
+        drop(iter);
+        assert_eq!(left, vec![keys::tombstone_key(9, 7, b"k")]);
         assert_eq!(s.term(6).expect("term"), 1);
         assert!(
             s.entries(5, 8, None, GetEntriesContext::empty(false))

@@ -185,6 +185,16 @@ impl Table {
         export::for_each_pair(&self.engine, self.id(), emit)
     }
 
+    /// Walks what changed after revision `since` from one consistent snapshot (blocking:
+    /// call it off the reactor); see [`export::for_each_change`].
+    pub fn changes_blocking(
+        &self,
+        since: u64,
+        emit: impl FnMut(export::Change) -> bool,
+    ) -> Result<export::ChangesRead> {
+        export::for_each_change(&self.engine, self.id(), since, emit)
+    }
+
     /// Waits until this replica has applied `index`.
     pub async fn wait_applied(&self, index: u64) -> Result<()> {
         self.group.wait_applied(index).await
