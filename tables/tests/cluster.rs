@@ -220,6 +220,24 @@ async fn converged(c: &Cluster, name: &str) -> Data {
     data
 }
 
+/// Whether table `name` on node `id` installs a raft snapshot within [`DEADLINE`]. Data
+/// converging is not enough to read the counter at once: the snapshot's data is readable
+/// as soon as its file is ingested, and the group counts the install only after the
+/// synced write that completes it.
+async fn installed_a_snapshot(c: &Cluster, id: u64, name: &str) -> bool {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let table = c.table(id, name);
+        if table.status().snapshots_installed.load(Relaxed) >= 1 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn assert_holds(data: &Data, acked: &Data) {
     for (k, v) in acked {
         assert_eq!(
@@ -313,11 +331,7 @@ async fn lagging_replica_catches_up_by_snapshot() {
     let data = converged(&c, "t").await;
     assert_eq!(data, acked);
     assert!(
-        c.table(lagging, "t")
-            .status()
-            .snapshots_installed
-            .load(Relaxed)
-            >= 1,
+        installed_a_snapshot(&c, lagging, "t").await,
         "the lagging replica caught up through a snapshot"
     );
     // It keeps replicating normally afterwards.
@@ -391,11 +405,7 @@ async fn wiped_replica_rejoins_through_the_catalog_log_and_a_snapshot() {
     wait(async || c.node(wiped).table("t").is_ok()).await;
     assert_eq!(converged(&c, "t").await, acked);
     assert!(
-        c.table(wiped, "t")
-            .status()
-            .snapshots_installed
-            .load(Relaxed)
-            >= 1,
+        installed_a_snapshot(&c, wiped, "t").await,
         "the wiped replica caught up through a snapshot"
     );
     let rev = retry(async || try_put(&c.table(wiped, "t"), b"after", b"w").await).await;
