@@ -190,6 +190,8 @@ impl ReplicateStream {
         // Without the follow header, send what was applied when the call came, then a
         // final message with the applied index, as Armada does.
         let mut until = start;
+        // Whether the follower has heard the applied index yet (see below).
+        let mut told = false;
         loop {
             while self.next <= until {
                 match self
@@ -224,6 +226,7 @@ impl ReplicateStream {
                         if self.tx.send(Ok(msg)).await.is_err() {
                             return; // the follower went away
                         }
+                        told = true;
                     }
                     Err(e) => {
                         let _ = self.tx.send(Err(Status::unavailable(e.to_string()))).await;
@@ -238,6 +241,18 @@ impl ReplicateStream {
                 };
                 let _ = self.tx.send(Ok(msg)).await;
                 return;
+            }
+            // A follower that starts caught up (e.g. right after a snapshot recovery)
+            // learns it at once rather than at the first idle progress message.
+            if !told {
+                let msg = ReplicateResponse {
+                    response: None,
+                    leader_index: applied(&self.table),
+                };
+                if self.tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                told = true;
             }
             // Caught up: wait for the next apply, saying where we are now and then.
             loop {
