@@ -566,3 +566,64 @@ async fn snapshots_live_serves_the_full_snapshot_over_http() {
     );
     leader.shutdown().await;
 }
+
+/// The follower's Cluster/Status `errors`.
+async fn status_errors(server: &TestServer) -> Vec<String> {
+    server
+        .cluster()
+        .status(flotilla_proto::regatta::v1::StatusRequest { config: false })
+        .await
+        .expect("status")
+        .into_inner()
+        .errors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_behind_the_follower_shows_in_status_errors() {
+    // A leader at a fixed replication address, so a replacement can take its place.
+    let port = common::free_port(7);
+    let start_leader = async || {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut s = settings(dir.path());
+        s.replication.address = format!("127.0.0.1:{port}");
+        let leader = TestServer::start_as(dir, s, Role::Leader).await;
+        leader.create_table("t").await;
+        leader
+    };
+    let first = start_leader().await;
+    for i in 0..30u32 {
+        first.put("t", format!("k{i}").as_bytes(), b"v").await;
+    }
+    let follower = follower_of(&first).await;
+    assert_converges(&first, &follower, "t").await;
+    assert!(status_errors(&follower).await.is_empty());
+
+    // The leader cluster is replaced by one with less history (e.g. restored from an old
+    // backup): the follower must say so rather than fall silent.
+    first.shutdown().await;
+    let second = start_leader().await;
+    let mut errors = Vec::new();
+    let reported = eventually(WAIT, async || {
+        errors = status_errors(&follower).await;
+        errors.iter().any(|e| e.starts_with("t: LEADER_BEHIND"))
+    })
+    .await;
+    assert!(reported, "status errors: {errors:?}");
+    // Reset re-pulls from the new leader and clears it.
+    MaintenanceClient::new(follower.channel.clone())
+        .reset(ResetRequest {
+            table: b"t".to_vec(),
+            reset_all: false,
+        })
+        .await
+        .expect("reset");
+    second.put("t", b"new", b"v").await;
+    assert_converges(&second, &follower, "t").await;
+    assert!(
+        eventually(WAIT, async || status_errors(&follower).await.is_empty()).await,
+        "errors clear once replication works: {:?}",
+        status_errors(&follower).await
+    );
+    follower.shutdown().await;
+    second.shutdown().await;
+}

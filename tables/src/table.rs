@@ -74,9 +74,15 @@ impl StateMachine for TableMachine {
 
     fn external_load(&self, data: &[u8]) -> Option<Fetch> {
         // Never load anything older than this replica already holds: the worker goes on
-        // from where it was, so going back would lose the entries in between.
-        let min_leader_index =
-            import::decode_marker(data)?.max(self.state.leader_index.unwrap_or(0));
+        // from where it was, so going back would lose the entries in between. A marker of
+        // 0 is a reset (Maintenance/Reset), which takes whatever the leader cluster has
+        // now, even less than before: that is how a follower recovers from a leader
+        // cluster with a shorter history (LEADER_BEHIND), e.g. one restored from a backup.
+        let marker = import::decode_marker(data)?;
+        let min_leader_index = match marker {
+            0 => 0,
+            floor => floor.max(self.state.leader_index.unwrap_or(0)),
+        };
         match &self.source {
             Some(source) => Some(source.fetch(&self.name, self.id, min_leader_index)),
             None => {

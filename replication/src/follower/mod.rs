@@ -60,6 +60,11 @@ impl Shared {
         self.errors.lock().insert(table.to_owned(), e);
     }
 
+    /// Whether `e` is the error `table` reports now.
+    fn has_error(&self, table: &str, e: &str) -> bool {
+        self.errors.lock().get(table).is_some_and(|cur| cur == e)
+    }
+
     fn clear_error(&self, table: &str) {
         let mut errors = self.errors.lock();
         if !errors.is_empty() {
@@ -161,6 +166,9 @@ struct Manager {
     workers: HashMap<(String, u64), (JoinHandle<()>, CancellationToken)>,
 }
 
+/// Where a failing table-set comparison shows in [`Follower::errors`].
+const TABLE_SET: &str = "(table set)";
+
 /// How often the manager looks for tables that need a worker.
 const WORKER_SWEEP: Duration = Duration::from_millis(200);
 
@@ -218,11 +226,14 @@ impl Manager {
             return;
         }
         match self.compare().await {
-            Ok(()) => {
-                self.shared.clear_error("");
-            }
+            Ok(()) => self.shared.clear_error(TABLE_SET),
             Err(e) => {
-                tracing::warn!("comparing tables with the leader cluster: {e}");
+                let e = e.to_string();
+                // Once per distinct failure: a cut link would otherwise log every interval.
+                if !self.shared.has_error(TABLE_SET, &e) {
+                    tracing::warn!("comparing tables with the leader cluster: {e}");
+                }
+                self.shared.set_error(TABLE_SET, e);
             }
         }
     }

@@ -83,18 +83,28 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, table: Table, cancel: Ca
                 if kind == "table_not_found" {
                     shared.reconcile_now.notify_one();
                 }
-                tracing::warn!(table = name, "replication: {e}");
+                let e = e.to_string();
+                // Once per distinct failure: every message received clears the error,
+                // so a long outage logs once rather than on every retry.
+                if !shared.has_error(&name, &e) {
+                    tracing::warn!(table = name, "replication: {e}");
+                }
                 shared.count_error(&name, kind);
-                shared.set_error(&name, e.to_string());
+                shared.set_error(&name, e);
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 wait
             }
         };
+        // Anything applied locally meanwhile (e.g. a Maintenance/Reset load) ends the
+        // wait: it may be what the failure was waiting for.
+        let mut applied = table.applied_watch();
+        applied.borrow_and_update(); // only what is applied from now on counts
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = table.stopped() => return,
             _ = tokio::time::sleep(wait) => {}
+            _ = applied.changed() => {}
         }
     }
 }
