@@ -397,14 +397,7 @@ fn write_incremental_snapshot(
                     ..Default::default()
                 },
             };
-            match writer.push(&cmd) {
-                Ok(Some(chunk)) => send(chunk),
-                Ok(None) => true,
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    false
-                }
-            }
+            push_record(&mut writer, &cmd, &mut send, &mut failed)
         })
         .map_err(|e| failed.take().unwrap_or_else(|| e.to_string()))?;
     let state = match read {
@@ -423,6 +416,24 @@ fn send_chunk(tx: &mpsc::Sender<Result<SnapshotChunk, Status>>, data: Vec<u8>) -
         index: 0,
     }))
     .is_ok()
+}
+
+/// Encodes `cmd` and sends a chunk when one fills. False stops the export: the receiver
+/// is gone, or encoding failed (the reason is left in `failed`).
+fn push_record(
+    writer: &mut RecordWriter,
+    cmd: &Command,
+    send: &mut impl FnMut(Vec<u8>) -> bool,
+    failed: &mut Option<String>,
+) -> bool {
+    match writer.push(cmd) {
+        Ok(Some(chunk)) => send(chunk),
+        Ok(None) => true,
+        Err(e) => {
+            *failed = Some(e.to_string());
+            false
+        }
+    }
 }
 
 /// Appends the trailing DUMMY carrying `index` and sends what is left of the stream.
@@ -469,14 +480,7 @@ fn write_full_snapshot(
                 kv: Some(kv),
                 ..Default::default()
             };
-            match writer.push(&cmd) {
-                Ok(Some(chunk)) => send(chunk),
-                Ok(None) => true,
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    false
-                }
-            }
+            push_record(&mut writer, &cmd, &mut send, &mut failed)
         })
         .map_err(|e| failed.take().unwrap_or_else(|| e.to_string()))?;
     finish_snapshot(&mut writer, name, state.index, &mut send)

@@ -36,14 +36,19 @@ async fn leader(retention: u64) -> TestServer {
     TestServer::start_as(dir, s, Role::Leader).await
 }
 
-async fn follower_of(leader: &TestServer) -> TestServer {
-    let dir = tempfile::tempdir().expect("dir");
-    let mut s = settings(dir.path());
-    let addr = leader
+/// Where `leader` serves replication.
+fn replication_addr(leader: &TestServer) -> std::net::SocketAddr {
+    leader
         .running
         .as_ref()
         .and_then(|r| r.replication_addr)
-        .expect("leader serves replication");
+        .expect("leader serves replication")
+}
+
+async fn follower_of(leader: &TestServer) -> TestServer {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = settings(dir.path());
+    let addr = replication_addr(&leader);
     s.replication.leader_address = format!("http://{addr}");
     s.replication.reconcile_interval = "200ms".into();
     TestServer::start_as(dir, s, Role::Follower).await
@@ -251,11 +256,7 @@ async fn a_late_follower_recovers_by_snapshot_and_reset_repulls() {
             .await;
     }
     // Index 1 is long compacted: the log says USE_SNAPSHOT...
-    let addr = leader
-        .running
-        .as_ref()
-        .and_then(|r| r.replication_addr)
-        .expect("addr");
+    let addr = replication_addr(&leader);
     let mut log = LogClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
@@ -337,11 +338,7 @@ async fn one_lease_holder(followers: &[Option<TestServer>]) -> usize {
 async fn the_worker_moves_when_its_node_stops() {
     let leader = leader(10_000).await;
     leader.create_table("t").await;
-    let addr = leader
-        .running
-        .as_ref()
-        .and_then(|r| r.replication_addr)
-        .expect("leader serves replication");
+    let addr = replication_addr(&leader);
     // A three-node follower cluster.
     let ports: Vec<u16> = (0..3).map(common::free_port).collect();
     let members = (0..3)
@@ -454,11 +451,7 @@ async fn incremental_snapshots_carry_changes_and_refuse_forgotten_bases() {
         .header
         .expect("h")
         .revision;
-    let addr = leader
-        .running
-        .as_ref()
-        .and_then(|r| r.replication_addr)
-        .expect("addr");
+    let addr = replication_addr(&leader);
     let mut client = SnapshotClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
@@ -528,11 +521,7 @@ async fn snapshots_live_serves_the_full_snapshot_over_http() {
             .await;
         last = put.header.expect("header").revision;
     }
-    let addr = leader
-        .running
-        .as_ref()
-        .and_then(|r| r.replication_addr)
-        .expect("addr");
+    let addr = replication_addr(&leader);
     let (code, body) = http10_get(addr, "/snapshots-live/t").await;
     assert_eq!(code, 200);
     assert!(
