@@ -48,7 +48,7 @@ fn replication_addr(leader: &TestServer) -> std::net::SocketAddr {
 async fn follower_of(leader: &TestServer) -> TestServer {
     let dir = tempfile::tempdir().expect("dir");
     let mut s = settings(dir.path());
-    let addr = replication_addr(&leader);
+    let addr = replication_addr(leader);
     s.replication.leader_address = format!("http://{addr}");
     s.replication.reconcile_interval = "200ms".into();
     TestServer::start_as(dir, s, Role::Follower).await
