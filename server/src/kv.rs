@@ -200,8 +200,9 @@ impl KvService {
         };
         let mut applied = table.applied_watch();
         loop {
-            let state = table.applied_state().await.map_err(kv_status)?;
-            if state.leader_index.is_some_and(|li| li >= revision) {
+            // Seen before the check: an apply landing in between still wakes us.
+            applied.borrow_and_update();
+            if table.applied_leader_index() >= revision {
                 return Ok(());
             }
             if applied.changed().await.is_err() {

@@ -115,6 +115,7 @@ impl Shared {
             name,
             self.config.snapshot_source.clone(),
         )?;
+        let leader_index = machine.leader_index_cell();
         let cancel = self.cancel.child_token();
         let handle = group::spawn(
             GroupParts {
@@ -131,7 +132,12 @@ impl Shared {
             &self.runtime,
         )?;
         self.router.register(id, Arc::new(handle.clone()));
-        let table = Table::new(name.to_owned(), handle.clone(), self.engine.clone());
+        let table = Table::new(
+            name.to_owned(),
+            handle.clone(),
+            self.engine.clone(),
+            leader_index,
+        );
         self.tables.insert(name.to_owned(), (table, cancel));
         Ok(handle)
     }

@@ -2,6 +2,7 @@
 //! shared RocksDB off the async reactor.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use flotilla_proto::mvcc::v1::{Command, KeyValue, ResponseOp, Txn};
 use prost::Message as _;
@@ -31,6 +32,9 @@ pub struct TableMachine {
     name: String,
     /// Where load markers fetch from (follower clusters only).
     source: Option<Arc<dyn SnapshotSource>>,
+    /// The stored leader index (0 for none), published for [`Table::applied_leader_index`]
+    /// before the group announces the apply, so waiters need no storage read.
+    leader_index: Arc<AtomicU64>,
 }
 
 impl TableMachine {
@@ -47,6 +51,7 @@ impl TableMachine {
         };
         Ok(Self {
             fsm: TableFsm::new(engine.clone(), id),
+            leader_index: Arc::new(AtomicU64::new(state.leader_index.unwrap_or(0))),
             state,
             engine,
             id,
@@ -54,13 +59,25 @@ impl TableMachine {
             source,
         })
     }
+
+    /// The cell this machine publishes its stored leader index in.
+    pub(crate) fn leader_index_cell(&self) -> Arc<AtomicU64> {
+        self.leader_index.clone()
+    }
+
+    fn publish(&self) {
+        self.leader_index
+            .store(self.state.leader_index.unwrap_or(0), Ordering::Release);
+    }
 }
 
 impl StateMachine for TableMachine {
     type Output = ApplyOutput;
 
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<ApplyOutput> {
-        self.fsm.apply_entry(index, term, data, &mut self.state)
+        let output = self.fsm.apply_entry(index, term, data, &mut self.state);
+        self.publish();
+        output
     }
 
     fn applied_index(&self) -> u64 {
@@ -69,6 +86,7 @@ impl StateMachine for TableMachine {
 
     fn install_snapshot(&mut self, snapshot: &Snapshot, raft_state: WriteBatch) -> Result<()> {
         self.state = snapshot::install(&self.engine, self.id, raft_state, &snapshot.data)?;
+        self.publish();
         Ok(())
     }
 
@@ -103,6 +121,7 @@ impl StateMachine for TableMachine {
     ) -> Result<ApplyOutput> {
         let revision = loaded.leader_index;
         self.state = import::install(&self.engine, self.id, index, term, loaded, &self.state)?;
+        self.publish();
         Ok(ApplyOutput {
             revision,
             succeeded: true,
@@ -117,15 +136,29 @@ pub struct Table {
     name: String,
     group: GroupHandle<ApplyOutput>,
     engine: Engine,
+    /// Published by the table's machine (see [`TableMachine::leader_index_cell`]).
+    leader_index: Arc<AtomicU64>,
 }
 
 impl Table {
-    pub(crate) fn new(name: String, group: GroupHandle<ApplyOutput>, engine: Engine) -> Self {
+    pub(crate) fn new(
+        name: String,
+        group: GroupHandle<ApplyOutput>,
+        engine: Engine,
+        leader_index: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             name,
             group,
             engine,
+            leader_index,
         }
+    }
+
+    /// The leader-cluster index this replica has applied (0 if none: leader clusters, or
+    /// a follower table not yet replicated). Updated before [`Self::applied_watch`] moves.
+    pub fn applied_leader_index(&self) -> u64 {
+        self.leader_index.load(Ordering::Acquire)
     }
 
     /// The table's name.

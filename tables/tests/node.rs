@@ -1,5 +1,6 @@
-//! A whole node in-process: log compaction keeps each table's log bounded, and a node
-//! restarts on a compacted log with every write in place.
+//! A whole node in-process: log compaction keeps each table's log bounded, a node
+//! restarts on a compacted log with every write in place, and a table publishes the
+//! leader index it applied.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -113,4 +114,39 @@ async fn dropped_table_data_is_erased() {
         iter.seek(&start);
         assert!(!iter.valid(), "keys of dropped table {id} left in {cf}");
     }
+}
+
+#[tokio::test]
+async fn the_applied_leader_index_is_published_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = open(dir.path());
+    node.create_table("f").await.expect("create");
+    let table = node.table("f").expect("table");
+    assert_eq!(table.applied_leader_index(), 0, "nothing replicated yet");
+    let mut sequence = Command {
+        r#type: CommandType::Sequence as i32,
+        sequence: vec![put("a".into()), put("b".into())],
+        leader_index: Some(42),
+        ..Default::default()
+    };
+    sequence.sequence[0].leader_index = Some(41);
+    sequence.sequence[1].leader_index = Some(42);
+    table.propose(&sequence).await.expect("apply");
+    assert_eq!(
+        table.applied_leader_index(),
+        42,
+        "readable as soon as the proposal returns"
+    );
+    node.shutdown().await;
+    drop((node, table));
+
+    let node = open(dir.path());
+    node.catalog_barrier().await.expect("catalog ready");
+    let table = node.table("f").expect("table after restart");
+    assert_eq!(
+        table.applied_leader_index(),
+        42,
+        "loaded with the applied state"
+    );
+    node.shutdown().await;
 }
