@@ -133,6 +133,15 @@ pub fn execute<R: KvRead>(
         succeeded: true,
         ..Default::default()
     };
+    // A GC command's leader index is the horizon it records (WIRE.md §5.8-5), never a
+    // replication position: a leader table proposes it on log compaction and must not
+    // look replicated; on a follower the enclosing Sequence advances the leader index.
+    // Re-applying it is harmless (a max).
+    if cmd.r#type() == CommandType::Gc {
+        state.gc_horizon = state.gc_horizon.max(cmd.leader_index.unwrap_or(0));
+        out.revision = cmd.leader_index.unwrap_or(index);
+        return Ok(out);
+    }
     if cmd.r#type() == CommandType::Sequence {
         for sub in cmd.sequence {
             let sub_out = execute(sub, index, view, state)?;
@@ -184,10 +193,7 @@ pub fn execute<R: KvRead>(
             out.succeeded = succeeded;
             out.responses = responses;
         }
-        CommandType::Gc => {
-            state.gc_horizon = state.gc_horizon.max(cmd.leader_index.unwrap_or(0));
-        }
-        CommandType::Dummy | CommandType::Sequence => {}
+        CommandType::Dummy | CommandType::Sequence | CommandType::Gc => {}
     }
     Ok(out)
 }

@@ -311,6 +311,10 @@ fn dummy_gc_and_empty_entries_only_advance_state() {
         ..Default::default()
     });
     assert_eq!(f.state.gc_horizon, 7);
+    assert_eq!(
+        f.state.leader_index, None,
+        "a GC's index is a horizon, not a replication position"
+    );
     f.fsm
         .apply_entry(3, 1, &[], &mut f.state)
         .expect("empty entry");
@@ -323,6 +327,23 @@ fn dummy_gc_and_empty_entries_only_advance_state() {
         .expect("get")
         .expect("present");
     assert_eq!(AppliedState::decode(&stored).expect("decode"), f.state);
+}
+
+#[test]
+fn a_replicated_gc_records_the_horizon_and_the_sequence_the_leader_index() {
+    let mut f = Fixture::new();
+    f.apply(&Command {
+        r#type: CommandType::Sequence as i32,
+        sequence: vec![Command {
+            r#type: CommandType::Gc as i32,
+            leader_index: Some(9),
+            ..Default::default()
+        }],
+        leader_index: Some(9),
+        ..Default::default()
+    });
+    assert_eq!(f.state.gc_horizon, 9);
+    assert_eq!(f.state.leader_index, Some(9));
 }
 
 // ---- property test: TableFsm against a BTreeMap model ----

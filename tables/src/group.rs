@@ -43,6 +43,12 @@ pub trait StateMachine: Send + 'static {
     fn external_load(&self, _data: &[u8]) -> Option<Fetch> {
         None
     }
+    /// An entry to propose once this replica, as the group's leader, has compacted its
+    /// log through `index` (tables: the GC command follower clusters learn the horizon
+    /// from, WIRE.md §5.8-5).
+    fn compacted(&self, _index: u64) -> Option<Vec<u8>> {
+        None
+    }
     /// Applies the entry at `index` by swapping in what its fetch produced.
     fn apply_loaded(
         &mut self,
@@ -1027,6 +1033,14 @@ impl<M: StateMachine> RaftGroup<M> {
         }
         if target >= first {
             store.compact(target)?;
+            if self.raw_node.raft.state == StateRole::Leader
+                && let Some(data) = self.machine.compacted(target)
+            {
+                // Nobody waits for it; a lost one is followed by the next compaction's.
+                if let Err(e) = self.raw_node.propose(Vec::new(), data) {
+                    tracing::debug!(index = target, "proposing the compaction's entry: {e}");
+                }
+            }
         }
         Ok(())
     }

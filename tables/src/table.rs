@@ -90,6 +90,18 @@ impl StateMachine for TableMachine {
         Ok(())
     }
 
+    fn compacted(&self, index: u64) -> Option<Vec<u8>> {
+        // Only leader tables: a follower table's history belongs to its leader cluster.
+        self.state.leader_index.is_none().then(|| {
+            Command {
+                r#type: flotilla_proto::mvcc::v1::command::CommandType::Gc as i32,
+                leader_index: Some(index),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        })
+    }
+
     fn external_load(&self, data: &[u8]) -> Option<Fetch> {
         // Never load anything older than this replica already holds: the worker goes on
         // from where it was, so going back would lose the entries in between. A marker of

@@ -1,6 +1,6 @@
-//! A whole node in-process: log compaction keeps each table's log bounded, a node
-//! restarts on a compacted log with every write in place, and a table publishes the
-//! leader index it applied.
+//! A whole node in-process: log compaction keeps each table's log bounded (and appends a
+//! GC command), a node restarts on a compacted log with every write in place, and a table
+//! publishes the leader index it applied.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -56,6 +56,11 @@ async fn compaction_bounds_the_log_and_restart_replays_from_it() {
     let s = table.status();
     let (first, last) = (s.first_index.load(Relaxed), s.last_index.load(Relaxed));
     assert!(first > 1, "log was compacted (first index {first})");
+    // The leader proposed a GC command at each compaction (WIRE.md §5.8-5): applied, it
+    // records the horizon without making the table look replicated.
+    let state = table.applied_state().await.expect("state");
+    assert!(state.gc_horizon > 0, "a GC command was applied: {state:?}");
+    assert_eq!(state.leader_index, None);
     assert!(
         last - first < RETENTION * 2,
         "log stays bounded: {first}..={last} with retention {RETENTION}"
