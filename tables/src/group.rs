@@ -354,6 +354,7 @@ pub fn spawn<M: StateMachine>(
         proposals: HashMap::new(),
         proposed_at: BTreeMap::new(),
         next_proposal: 0,
+        own_proposals: Vec::new(),
         waiting: VecDeque::new(),
         reads: HashMap::new(),
         unissued_reads: VecDeque::new(),
@@ -446,6 +447,10 @@ struct RaftGroup<M: StateMachine> {
     /// entry is applied there, the proposal was overwritten and its caller is told so.
     proposed_at: BTreeMap<u64, (u64, u64)>,
     next_proposal: u64,
+    /// Entries the group proposes for itself (a compaction's GC command). They wait for
+    /// the next Ready loop: raft-rs forbids proposing while a Ready is being handled (the
+    /// entry would land in the unstable log between `ready()` and its advance).
+    own_proposals: Vec<Vec<u8>>,
     /// Proposals that arrived while no leader was known.
     waiting: VecDeque<Request<M::Output>>,
     /// Linearizable reads, by context id.
@@ -739,6 +744,7 @@ impl<M: StateMachine> RaftGroup<M> {
 
     fn on_ready(&mut self) -> Result<()> {
         loop {
+            self.propose_own();
             self.release_reads();
             if !self.raw_node.has_ready() {
                 break;
@@ -1036,13 +1042,23 @@ impl<M: StateMachine> RaftGroup<M> {
             if self.raw_node.raft.state == StateRole::Leader
                 && let Some(data) = self.machine.compacted(target)
             {
-                // Nobody waits for it; a lost one is followed by the next compaction's.
-                if let Err(e) = self.raw_node.propose(Vec::new(), data) {
-                    tracing::debug!(index = target, "proposing the compaction's entry: {e}");
-                }
+                self.own_proposals.push(data);
             }
         }
         Ok(())
+    }
+
+    /// Proposes the group's own entries, while it still leads. Nobody waits for them; one
+    /// that is lost is followed by the next compaction's.
+    fn propose_own(&mut self) {
+        for data in std::mem::take(&mut self.own_proposals) {
+            if self.raw_node.raft.state != StateRole::Leader {
+                break;
+            }
+            if let Err(e) = self.raw_node.propose(Vec::new(), data) {
+                tracing::debug!("proposing the group's own entry: {e}");
+            }
+        }
     }
 
     fn publish_status(&self) {
