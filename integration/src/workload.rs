@@ -173,6 +173,17 @@ impl Writers {
         eventually(timeout, async || self.acked() >= n).await
     }
 
+    /// Asserts that `more` writes are acknowledged within `timeout` from now; `what` says
+    /// when or through whom, for the failure message.
+    pub async fn assert_more_acked(&self, more: usize, timeout: Duration, what: &str) {
+        let mark = self.acked();
+        assert!(
+            self.wait_acked(mark + more, timeout).await,
+            "writers keep going {what} ({mark} then {})",
+            self.acked()
+        );
+    }
+
     /// Stops the writers (abandoning in-flight writes: they stay "attempted") and returns a
     /// copy of the log.
     pub async fn stop(self) -> WriteLog {

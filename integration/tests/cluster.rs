@@ -62,17 +62,6 @@ async fn write_through(
     .await
 }
 
-/// The background writers get `more` acknowledgements within [`RESUME`]; `what` says
-/// through whom, for the failure message.
-async fn assert_writes_continue(writers: &Writers, more: usize, what: &str) {
-    let mark = writers.acked();
-    assert!(
-        writers.wait_acked(mark + more, RESUME).await,
-        "writers keep going {what} ({mark} then {})",
-        writers.acked()
-    );
-}
-
 /// A write through each node of `vias` succeeds within [`FAILOVER`].
 async fn assert_writes_through(
     cluster: &Cluster,
@@ -270,7 +259,9 @@ async fn link_cut_majority_keeps_serving() {
     writers.set_targets(cluster.channels(&[leader, other]));
     let while_what = format!("{leader} and {cut_off} are cut apart");
     assert_writes_through(&cluster, &[leader, other], TABLE, &log, "cut1", &while_what).await;
-    assert_writes_continue(&writers, 200, "through the majority side").await;
+    writers
+        .assert_more_acked(200, RESUME, "through the majority side")
+        .await;
     cluster.heal(leader, cut_off);
     writers.set_targets(all_channels(&cluster));
 
@@ -282,7 +273,9 @@ async fn link_cut_majority_keeps_serving() {
     let new = cluster.wait_leader_among(TABLE, &majority, FAILOVER).await;
     let while_what = format!("{old} is isolated");
     assert_writes_through(&cluster, &majority, TABLE, &log, "cut2", &while_what).await;
-    assert_writes_continue(&writers, 200, &format!("through the new leader {new}")).await;
+    writers
+        .assert_more_acked(200, RESUME, &format!("through the new leader {new}"))
+        .await;
     // CheckQuorum: the old leader notices it lost its majority and steps down. It must
     // answer Status to count: silence proves nothing.
     assert!(
@@ -342,10 +335,12 @@ async fn link_cut_majority_keeps_serving() {
     writers.set_targets(cluster.channels(&majority));
     let replacement = cluster.wait_leader_among(TABLE, &majority, FAILOVER).await;
     let what = format!("through {replacement} while {silent} is blackholed");
-    assert_writes_continue(&writers, 100, &what).await;
+    writers.assert_more_acked(100, RESUME, &what).await;
     cluster.heal_all();
     writers.set_targets(all_channels(&cluster));
-    assert_writes_continue(&writers, 100, "after the blackhole heals").await;
+    writers
+        .assert_more_acked(100, RESUME, "after the blackhole heals")
+        .await;
     let log = writers.stop().await;
     let data = assert_converged(&all_nodes(&cluster), TABLE, &log, CONVERGE).await;
     let leader_after = cluster.wait_leader(TABLE, FAILOVER).await;

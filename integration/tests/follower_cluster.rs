@@ -104,16 +104,6 @@ impl Clusters {
     }
 }
 
-/// Writers acknowledge `more` writes within [`RESUME`].
-async fn assert_writes_continue(writers: &Writers, more: usize, what: &str) {
-    let mark = writers.acked();
-    assert!(
-        writers.wait_acked(mark + more, RESUME).await,
-        "writers keep going {what} ({mark} then {})",
-        writers.acked()
-    );
-}
-
 async fn start() -> Clusters {
     let root = tempfile::tempdir().expect("dir");
     let leader = Cluster::start(
@@ -176,11 +166,15 @@ async fn three_plus_three_survive_worker_kill_leader_failover_and_link_cuts() {
     writers.set_targets(c.write_targets());
     let new_holder = c.wait_lease_holder(LEASE_MOVES).await;
     assert_ne!(new_holder, holder, "the worker moved off the killed node");
-    assert_writes_continue(&writers, 200, "after the worker's node died").await;
+    writers
+        .assert_more_acked(200, RESUME, "after the worker's node died")
+        .await;
     c.assert_converged(writers, "worker killed").await;
     c.follower.restart(holder).await;
     let writers = c.start_writers("worker-back");
-    assert_writes_continue(&writers, 100, "with the old worker node back").await;
+    writers
+        .assert_more_acked(100, RESUME, "with the old worker node back")
+        .await;
     c.assert_converged(writers, "worker node restarted").await;
 
     // Leader cluster failover: kill -9 the table's raft leader under writes.
@@ -189,7 +183,9 @@ async fn three_plus_three_survive_worker_kill_leader_failover_and_link_cuts() {
     let table_leader = c.leader.wait_leader(TABLE, SETUP).await;
     c.leader.kill9(table_leader).await;
     writers.set_targets(c.write_targets());
-    assert_writes_continue(&writers, 200, "after the leader cluster failed over").await;
+    writers
+        .assert_more_acked(200, RESUME, "after the leader cluster failed over")
+        .await;
     if table_leader != c.source {
         // The follower's source node survived: it keeps replicating during the outage.
         c.assert_converged(writers, "leader killed").await;
@@ -200,7 +196,9 @@ async fn three_plus_three_survive_worker_kill_leader_failover_and_link_cuts() {
     }
     c.leader.restart(table_leader).await;
     let writers = c.start_writers("leader-back");
-    assert_writes_continue(&writers, 100, "with the old leader back").await;
+    writers
+        .assert_more_acked(100, RESUME, "with the old leader back")
+        .await;
     c.assert_converged(writers, "old leader restarted").await;
 
     // Cut the link between the clusters (connections reset), write on, restore it.
@@ -211,7 +209,9 @@ async fn three_plus_three_survive_worker_kill_leader_failover_and_link_cuts() {
             .map(|id| c.leader.channel(id))
             .collect::<Vec<_>>(),
     );
-    assert_writes_continue(&writers, 300, "on the leader while the link is cut").await;
+    writers
+        .assert_more_acked(300, RESUME, "on the leader while the link is cut")
+        .await;
     c.link.heal();
     c.assert_converged(writers, "link cut and restored").await;
 
@@ -223,7 +223,9 @@ async fn three_plus_three_survive_worker_kill_leader_failover_and_link_cuts() {
             .map(|id| c.leader.channel(id))
             .collect::<Vec<_>>(),
     );
-    assert_writes_continue(&writers, 300, "on the leader while the link is silent").await;
+    writers
+        .assert_more_acked(300, RESUME, "on the leader while the link is silent")
+        .await;
     c.link.heal();
     c.assert_converged(writers, "link blackholed and restored")
         .await;
