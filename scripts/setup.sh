@@ -4,7 +4,10 @@
 set -euo pipefail
 
 need=()
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+# bindgen loads libclang.so / libclang-N.so; libclang-cpp (present on some machines through
+# other packages) does not count.
+if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
+   && ! ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'; then
   need+=(libclang-dev)
 fi
 command -v g++ >/dev/null 2>&1 || need+=(g++)
