@@ -13,6 +13,7 @@ const PROTO_FILES: &[&str] = &[
     "mvcc.proto",
     "replication.proto",
     "maintenance.proto",
+    "flotilla.proto",
 ];
 /// Internal node-to-node protocol: compiled like the others but kept out of the reflection
 /// descriptor set, which describes the public API only.

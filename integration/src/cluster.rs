@@ -87,39 +87,7 @@ pub struct Cluster {
     role: String,
 }
 
-/// `n` listeners on distinct free loopback ports below Linux's ephemeral range
-/// (32768-60999). The caller reads their ports and drops them just before the nodes bind
-/// them; holding them until then keeps the ports from other tests. Ports the kernel hands
-/// out (`:0`) would not do: a node restarted after kill -9 must bind its old ports again,
-/// and meanwhile any outgoing connection could have been given one of them as its local
-/// port (seen in CI: "Address already in use").
-pub fn reserve_ports(n: usize) -> Vec<std::net::TcpListener> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919);
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(
-            k < SPAN * 4,
-            "no free loopback port below the ephemeral range"
-        );
-        let port = FIRST + start.wrapping_add(k) % SPAN;
-        if let Ok(l) =
-            std::net::TcpListener::bind(("127.0.0.1", u16::try_from(port).expect("port")))
-        {
-            out.push(l);
-        }
-    }
-    out
-}
-
-/// The port a reserved listener holds.
-pub fn port(l: &std::net::TcpListener) -> u16 {
-    l.local_addr().expect("local addr").port()
-}
+pub use flotilla_testkit::ports::{port, reserve as reserve_ports};
 
 impl Cluster {
     /// Starts all three nodes concurrently, with data dirs `root/node{id}`, and returns once

@@ -12,7 +12,7 @@ pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_proto::regatta::v1::kv_client::KvClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -139,20 +139,7 @@ impl Process {
     /// rendered, e.g. `flotilla_raft_applied_index{table="t"}`) on this process's
     /// `/metrics`, if present.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = tokio::net::TcpStream::connect(&self.metrics_addr)
-            .await
-            .ok()?;
-        let request = format!(
-            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
-            self.metrics_addr
-        );
-        conn.write_all(request.as_bytes()).await.ok()?;
-        let mut body = String::new();
-        conn.read_to_string(&mut body).await.ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+        flotilla_testkit::metrics::read(&self.metrics_addr, series).await
     }
 
     /// A KV client connected to this process.
@@ -182,14 +169,4 @@ impl Process {
     }
 }
 
-/// Polls `check` every 20 ms until true or `timeout`; returns whether it became true.
-pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
+pub use flotilla_testkit::eventually;

@@ -215,14 +215,16 @@ async fn wiped_node_rejoins_via_snapshot() {
     // Every node, the wiped one included, holds every acknowledged write at its revision,
     // and all three hold the very same table.
     let data = assert_converged(&all_nodes(&cluster), TABLE, &log, CONVERGE).await;
-    let installed = cluster
-        .node(wiped)
-        .metric(&format!(
-            "flotilla_raft_snapshots_installed{{table=\"{TABLE}\"}}"
-        ))
-        .await;
+    // The gauge is refreshed on its own schedule: wait for it, never read it once.
+    let series = format!("flotilla_raft_snapshots_installed{{table=\"{TABLE}\"}}");
+    let mut installed = None;
+    let caught_up = eventually(CONVERGE, async || {
+        installed = cluster.node(wiped).metric(&series).await;
+        installed.is_some_and(|n| n >= 1.0)
+    })
+    .await;
     assert!(
-        installed.is_some_and(|n| n >= 1.0),
+        caught_up,
         "node {wiped} caught up through a raft snapshot (installed: {installed:?})"
     );
     println!(

@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use flotilla_integration::cluster::{Cluster, ClusterOptions};
-use flotilla_integration::eventually;
 use flotilla_integration::proxy::LinkProxy;
 use flotilla_integration::workload::{SharedLog, WriteLog, Writers, assert_converged};
+use flotilla_testkit::leases;
 use tonic::transport::Channel;
 
 /// Clusters start, elect and create tables well within this.
@@ -25,7 +25,6 @@ const CONVERGE: Duration = Duration::from_secs(60);
 const LEASE_MOVES: Duration = Duration::from_secs(15);
 const WRITERS: usize = 4;
 const TABLE: &str = "t";
-const LEASED: &str = "flotilla_replication_leased{table=\"t\"}";
 
 /// Both clusters, and the link between them.
 struct Clusters {
@@ -79,28 +78,20 @@ impl Clusters {
         assert_converged(&self.running_nodes(), TABLE, &log, CONVERGE).await;
     }
 
-    /// The follower nodes whose worker holds the table (`leased` = 1).
-    async fn lease_holders(&self) -> Vec<u64> {
-        let mut holders = Vec::new();
-        for id in self.follower.running() {
-            if self.follower.node(id).metric(LEASED).await == Some(1.0) {
-                holders.push(id);
-            }
-        }
-        holders
+    /// The follower nodes (id, metrics address) that are running.
+    fn follower_metrics(&self) -> Vec<(u64, String)> {
+        self.follower
+            .running()
+            .into_iter()
+            .map(|id| (id, self.follower.node(id).metrics_addr.clone()))
+            .collect()
     }
 
-    /// Waits until exactly one running follower node holds the table's worker and returns
-    /// it; panics after `timeout`.
+    /// Waits until exactly one follower node holds the worker of the table; its id.
     async fn wait_lease_holder(&self, timeout: Duration) -> u64 {
-        let mut holders = Vec::new();
-        let one = eventually(timeout, async || {
-            holders = self.lease_holders().await;
-            holders.len() == 1
-        })
-        .await;
-        assert!(one, "one follower node holds the worker, not {holders:?}");
-        holders[0]
+        leases::one_holder(&self.follower_metrics(), TABLE, timeout)
+            .await
+            .unwrap_or_else(|seen| panic!("one follower node holds the worker, not {seen:?}"))
     }
 }
 

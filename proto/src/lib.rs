@@ -74,8 +74,23 @@ pub mod maintenance {
     }
 }
 
-/// Package `flotilla.raft.v1`: node-to-node raft traffic inside one cluster (internal).
+/// Flotilla's own packages: `flotilla.v1` (what Armada lacks: table identities, replica
+/// inspection) and `flotilla.raft.v1` (node-to-node raft traffic inside one cluster,
+/// internal).
 pub mod flotilla {
+    /// Version 1 of Flotilla's own public API (`flotilla.proto`).
+    #[allow(
+        missing_docs,
+        unreachable_pub,
+        clippy::all,
+        clippy::pedantic,
+        clippy::nursery,
+        rust_2018_idioms
+    )]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/flotilla.v1.rs"));
+    }
+
     /// Raft messages and snapshots between members (`flotilla_raft.proto`).
     pub mod raft {
         /// Version 1 of the internal protocol.

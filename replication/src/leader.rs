@@ -1,6 +1,7 @@
-//! The leader cluster's side (WIRE.md §3, §5.8): Metadata/Get, Log/Replicate,
-//! Snapshot/Stream and Snapshot/Query, served by every node of the leader cluster from
-//! its own replica of each table.
+//! The leader cluster's side (WIRE.md §3, §5.8): what Metadata/Get, Log/Replicate,
+//! Snapshot/Stream and Snapshot/Query answer, served by every node of the leader cluster
+//! from its own replica of each table. Typed: the server's gRPC services wrap these
+//! calls and map [`Error`]s to statuses in its one status module.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,18 +9,17 @@ use std::time::Duration;
 
 use flotilla_proto::mvcc::v1::{Command, KeyValue, command::CommandType};
 use flotilla_proto::replication::v1::{
-    MetadataRequest, MetadataResponse, ReplicateCommand, ReplicateCommandsResponse,
-    ReplicateErrResponse, ReplicateError, ReplicateRequest, ReplicateResponse, SnapshotChunk,
-    SnapshotQueryRequest, SnapshotQueryResponse, SnapshotRequest, Table, log_server::Log,
-    metadata_server::Metadata, replicate_response, snapshot_server::Snapshot, table,
+    MetadataResponse, ReplicateCommand, ReplicateCommandsResponse, ReplicateErrResponse,
+    ReplicateError, ReplicateRequest, ReplicateResponse, SnapshotChunk, SnapshotQueryRequest,
+    SnapshotQueryResponse, SnapshotRequest, Table, replicate_response, table,
 };
 use flotilla_tables::export::{Change, ChangesRead, LogRead};
 use flotilla_tables::{Node, Table as LocalTable};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
 
+use crate::error::{Error, Result};
 use crate::format::RecordWriter;
 
 /// Request metadata a Flotilla follower sends on Log/Replicate to keep the stream open
@@ -56,33 +56,139 @@ impl LeaderService {
         }
     }
 
-    async fn table(&self, name: &[u8]) -> Option<LocalTable> {
+    /// The table named `name`, if this node has it and (when the follower names one)
+    /// its id is `expected_id`: a re-created table is another table.
+    async fn table(&self, name: &[u8], expected_id: Option<u64>) -> Option<LocalTable> {
         let name = std::str::from_utf8(name).ok()?;
-        if let Ok(t) = self.node.table(name) {
-            return Some(t);
-        }
-        let _ = self.node.catalog_barrier().await;
-        self.node.table(name).ok()
+        let table = match self.node.table(name) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = self.node.catalog_barrier().await;
+                self.node.table(name).ok()?
+            }
+        };
+        expected_id
+            .is_none_or(|id| id == table.id())
+            .then_some(table)
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// A stream of replies, each an item or the error that ends the stream.
+pub type ItemStream<T> = Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
 
 /// A table's snapshot as a stream of ≤1 MiB chunks of the WIRE.md §5.8-7 byte format.
-pub type SnapshotStream = BoxStream<SnapshotChunk>;
+pub type SnapshotStream = ItemStream<SnapshotChunk>;
+
+/// Metadata/Get's answer: the tables, and their ids (for `crate::identity`).
+#[derive(Debug, Clone)]
+pub struct MetadataAnswer {
+    /// The response message.
+    pub response: MetadataResponse,
+    /// (name, id) of every listed table.
+    pub ids: Vec<(String, u64)>,
+}
 
 impl LeaderService {
     /// Starts streaming the full snapshot of `table` (what Snapshot/Stream and the
     /// `snapshots-live/<table>` HTTP object send); `None` if there is no such table.
     pub async fn live_snapshot(&self, table: &[u8]) -> Option<SnapshotStream> {
-        let table = self.table(table).await?;
+        self.full_snapshot(table, None).await
+    }
+
+    async fn full_snapshot(
+        &self,
+        table: &[u8],
+        expected_id: Option<u64>,
+    ) -> Option<SnapshotStream> {
+        let table = self.table(table, expected_id).await?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = write_full_snapshot(&table, &tx) {
-                let _ = tx.blocking_send(Err(Status::unavailable(e)));
+                let _ = tx.blocking_send(Err(e));
             }
         });
         Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// Metadata/Get: every table of the catalog, including one whose group failed to
+    /// open on this node (a follower would otherwise take it for dropped and erase it).
+    pub async fn metadata(&self) -> Result<MetadataAnswer> {
+        self.node.catalog_barrier().await?;
+        let entries = self.node.catalog().await?;
+        let tables = entries
+            .iter()
+            .map(|e| Table {
+                name: e.name.clone(),
+                r#type: table::Type::Replicated as i32,
+            })
+            .collect();
+        Ok(MetadataAnswer {
+            response: MetadataResponse { tables },
+            ids: entries.into_iter().map(|e| (e.name, e.id)).collect(),
+        })
+    }
+
+    /// Log/Replicate: committed commands from `req.leader_index` on (WIRE.md §5.8-2);
+    /// `follow` keeps the stream open once caught up. `expected_id` is the table id the
+    /// follower replicates, if it names one.
+    pub async fn replicate(
+        &self,
+        req: ReplicateRequest,
+        follow: bool,
+        expected_id: Option<u64>,
+    ) -> Result<ItemStream<ReplicateResponse>> {
+        if req.leader_index == 0 {
+            return Err(Error::ZeroLeaderIndex);
+        }
+        let table = self
+            .table(&req.table, expected_id)
+            .await
+            .ok_or(Error::Tables(flotilla_tables::Error::TableNotFound))?;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let stream = ReplicateStream {
+            table,
+            next: req.leader_index,
+            follow,
+            max_batch_bytes: self.max_batch_bytes,
+            tx,
+        };
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = stream.run() => {}
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
+    /// Snapshot/Stream: the full snapshot, or with `incremental` the changes after
+    /// `req.leader_index` (WIRE.md §5.8-7).
+    pub async fn snapshot(
+        &self,
+        req: SnapshotRequest,
+        expected_id: Option<u64>,
+    ) -> Result<SnapshotStream> {
+        let name = String::from_utf8_lossy(&req.table).into_owned();
+        if req.incremental {
+            let table = self
+                .table(&req.table, expected_id)
+                .await
+                .ok_or(Error::StreamTableNotFound(name))?;
+            return incremental_stream(table, req.leader_index).await;
+        }
+        self.full_snapshot(&req.table, expected_id)
+            .await
+            .ok_or(Error::StreamTableNotFound(name))
+    }
+
+    /// Snapshot/Query: this leader has no shared snapshot store, so followers fall back
+    /// to Snapshot/Stream (WIRE.md §5.8-6).
+    pub fn query(&self, req: &SnapshotQueryRequest) -> Result<SnapshotQueryResponse> {
+        if req.table.is_empty() {
+            return Err(Error::TableRequired);
+        }
+        Err(Error::NoSharedStore)
     }
 }
 
@@ -104,68 +210,6 @@ fn error_response(error: ReplicateError, leader_index: u64) -> ReplicateResponse
     }
 }
 
-#[tonic::async_trait]
-impl Metadata for LeaderService {
-    async fn get(
-        &self,
-        _request: Request<MetadataRequest>,
-    ) -> Result<Response<MetadataResponse>, Status> {
-        if let Err(e) = self.node.catalog_barrier().await {
-            return Err(Status::unavailable(format!("unknown err {e}")));
-        }
-        let tables = self
-            .node
-            .tables()
-            .into_iter()
-            .map(|t| Table {
-                name: t.name().to_owned(),
-                r#type: table::Type::Replicated as i32,
-            })
-            .collect();
-        Ok(Response::new(MetadataResponse { tables }))
-    }
-}
-
-#[tonic::async_trait]
-impl Log for LeaderService {
-    type ReplicateStream = BoxStream<ReplicateResponse>;
-
-    async fn replicate(
-        &self,
-        request: Request<ReplicateRequest>,
-    ) -> Result<Response<Self::ReplicateStream>, Status> {
-        let follow = request.metadata().contains_key(FOLLOW_HEADER);
-        let req = request.into_inner();
-        if req.leader_index == 0 {
-            return Err(Status::invalid_argument(
-                "invalid leaderIndex: leaderIndex must be greater than 0",
-            ));
-        }
-        let table = self
-            .table(&req.table)
-            .await
-            .ok_or_else(|| Status::not_found("table not found"))?;
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let stream = ReplicateStream {
-            table,
-            next: req.leader_index,
-            follow,
-            max_batch_bytes: self.max_batch_bytes,
-            tx,
-        };
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = stream.run() => {}
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-    }
-}
-
 /// One Log/Replicate call in progress.
 struct ReplicateStream {
     table: LocalTable,
@@ -173,7 +217,7 @@ struct ReplicateStream {
     next: u64,
     follow: bool,
     max_batch_bytes: usize,
-    tx: mpsc::Sender<Result<ReplicateResponse, Status>>,
+    tx: mpsc::Sender<Result<ReplicateResponse>>,
 }
 
 impl ReplicateStream {
@@ -229,7 +273,7 @@ impl ReplicateStream {
                         told = true;
                     }
                     Err(e) => {
-                        let _ = self.tx.send(Err(Status::unavailable(e.to_string()))).await;
+                        let _ = self.tx.send(Err(e.into())).await;
                         return;
                     }
                 }
@@ -259,10 +303,7 @@ impl ReplicateStream {
                 match tokio::time::timeout(IDLE_PROGRESS, applied_rx.changed()).await {
                     Ok(Ok(())) => break,
                     Ok(Err(_)) => {
-                        let _ = self
-                            .tx
-                            .send(Err(Status::unavailable("table stopped")))
-                            .await;
+                        let _ = self.tx.send(Err(Error::TableStopped)).await;
                         return;
                     }
                     Err(_) => {
@@ -281,64 +322,25 @@ impl ReplicateStream {
     }
 }
 
-#[tonic::async_trait]
-impl Snapshot for LeaderService {
-    type StreamStream = SnapshotStream;
-
-    async fn stream(
-        &self,
-        request: Request<SnapshotRequest>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
-        let req = request.into_inner();
-        let name = String::from_utf8_lossy(&req.table).into_owned();
-        let not_found = || {
-            Status::unavailable(format!(
-                "unable to stream from table '{name}': table not found"
-            ))
-        };
-        if req.incremental {
-            let table = self.table(&req.table).await.ok_or_else(not_found)?;
-            return incremental_stream(table, req.leader_index).await;
-        }
-        let stream = self.live_snapshot(&req.table).await.ok_or_else(not_found)?;
-        Ok(Response::new(stream))
-    }
-
-    async fn query(
-        &self,
-        request: Request<SnapshotQueryRequest>,
-    ) -> Result<Response<SnapshotQueryResponse>, Status> {
-        if request.get_ref().table.is_empty() {
-            return Err(Status::invalid_argument("table is required"));
-        }
-        // No shared snapshot store: followers fall back to Snapshot/Stream.
-        Err(Status::failed_precondition(
-            "shared snapshot store is not configured",
-        ))
-    }
-}
-
 /// Whether an incremental export can go ahead: known once it emits its first record or
 /// ends, so a refusal is the call's status rather than an error inside the stream.
-type Verdict = Result<(), Status>;
+type Verdict = Result<()>;
 
 /// Snapshot/Stream with `incremental`: the changes after `since` (WIRE.md §5.8-7), or
-/// FAILED_PRECONDITION when deletes that old are forgotten.
-async fn incremental_stream(
-    table: LocalTable,
-    since: u64,
-) -> Result<Response<SnapshotStream>, Status> {
+/// the reason they cannot be told (a base before the GC horizon, or ahead of the leader).
+async fn incremental_stream(table: LocalTable, since: u64) -> Result<SnapshotStream> {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel::<Verdict>();
     tokio::task::spawn_blocking(move || {
         let mut verdict = Some(verdict_tx);
         let outcome = write_incremental_snapshot(&table, since, &tx, &mut verdict);
         let refusal = match outcome {
-            Ok(None) => Ok(()),
-            Ok(Some(horizon)) => Err(Status::failed_precondition(format!(
-                "requested leader_index {since} is at or below GC horizon {horizon}; use a full snapshot"
-            ))),
-            Err(e) => Err(Status::unavailable(e)),
+            Ok(ChangesRead::Done(_)) => Ok(()),
+            Ok(ChangesRead::BeforeHorizon { horizon }) => {
+                Err(Error::BelowHorizon { since, horizon })
+            }
+            Ok(ChangesRead::Ahead { applied }) => Err(Error::AheadOfLeader { since, applied }),
+            Err(e) => Err(e),
         };
         match verdict.take() {
             Some(v) => {
@@ -353,34 +355,45 @@ async fn incremental_stream(
     });
     verdict_rx
         .await
-        .map_err(|_| Status::internal("incremental snapshot task failed"))??;
-    Ok(Response::new(Box::pin(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    )))
+        .map_err(|_| Error::TaskFailed("the incremental snapshot task ended early".into()))??;
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
-/// Streams the changes of `table` after `since`: a PUT per live key written since (key
-/// order), a DELETE (key only) per key deleted since, then a DUMMY with the applied index.
-/// Returns the horizon when `since` is older than the deletes the table remembers. Tells
-/// `verdict` it may stream before the first chunk goes out.
+/// Streams the changes of `table` after `since`: a DELETE with a range_end per range
+/// deleted since, a PUT per live key written since (key order), a DELETE (key only) per
+/// key deleted since, then a DUMMY with the applied index, every chunk carrying that
+/// index. Says in the returned [`ChangesRead`] why nothing was sent when the export cannot
+/// go ahead. Tells `verdict` it may stream before the first chunk goes out.
 fn write_incremental_snapshot(
     table: &LocalTable,
     since: u64,
-    tx: &mpsc::Sender<Result<SnapshotChunk, Status>>,
+    tx: &mpsc::Sender<Result<SnapshotChunk>>,
     verdict: &mut Option<tokio::sync::oneshot::Sender<Verdict>>,
-) -> Result<Option<u64>, String> {
+) -> Result<ChangesRead> {
     let name = table.name().as_bytes().to_vec();
-    let mut send = |data: Vec<u8>| {
-        if let Some(v) = verdict.take() {
-            let _ = v.send(Ok(()));
-        }
-        send_chunk(tx, data)
-    };
-    let mut writer = RecordWriter::default();
-    let mut failed = None;
-    let read = table
-        .changes_blocking(since, |change| {
+    table.read_at_blocking(|at| {
+        let index = at.applied()?.index;
+        let mut send = |data: Vec<u8>| {
+            if let Some(v) = verdict.take() {
+                let _ = v.send(Ok(()));
+            }
+            send_chunk(tx, data, index)
+        };
+        let mut writer = RecordWriter::default();
+        let mut failed = None;
+        let read = flotilla_tables::export::for_each_change(at, since, |change| {
             let cmd = match change {
+                Change::DeleteRange { start, end } => Command {
+                    table: name.clone(),
+                    r#type: CommandType::Delete as i32,
+                    kv: Some(KeyValue {
+                        key: start,
+                        ..Default::default()
+                    }),
+                    // To the end of the table: the all-keys sentinel (WIRE.md §5.1).
+                    range_end: Some(end.unwrap_or_else(|| vec![0])),
+                    ..Default::default()
+                },
                 Change::Put(kv) => Command {
                     table: name.clone(),
                     r#type: CommandType::Put as i32,
@@ -398,39 +411,42 @@ fn write_incremental_snapshot(
                 },
             };
             push_record(&mut writer, &cmd, &mut send, &mut failed)
-        })
-        .map_err(|e| failed.take().unwrap_or_else(|| e.to_string()))?;
-    let state = match read {
-        ChangesRead::Done(state) => state,
-        ChangesRead::BeforeHorizon { horizon } => return Ok(Some(horizon)),
-    };
-    finish_snapshot(&mut writer, name, state.index, &mut send)?;
-    Ok(None)
+        });
+        let read = match read {
+            Ok(read) => read,
+            Err(e) => return Err(failed.take().unwrap_or(Error::Tables(e))),
+        };
+        if let ChangesRead::Done(state) = &read {
+            finish_snapshot(&mut writer, name, state.index, &mut send)?;
+        }
+        Ok(read)
+    })
 }
 
-/// Sends one chunk of a snapshot stream; false once the receiver is gone.
-fn send_chunk(tx: &mpsc::Sender<Result<SnapshotChunk, Status>>, data: Vec<u8>) -> bool {
+/// Sends one chunk of a snapshot stream reflecting leader index `index`; false once the
+/// receiver is gone.
+fn send_chunk(tx: &mpsc::Sender<Result<SnapshotChunk>>, data: Vec<u8>, index: u64) -> bool {
     tx.blocking_send(Ok(SnapshotChunk {
         len: data.len() as u64,
         data,
-        index: 0,
+        index,
     }))
     .is_ok()
 }
 
 /// Encodes `cmd` and sends a chunk when one fills. False stops the export: the receiver
-/// is gone, or encoding failed (the reason is left in `failed`).
+/// is gone, or encoding failed (the error is left in `failed`).
 fn push_record(
     writer: &mut RecordWriter,
     cmd: &Command,
     send: &mut impl FnMut(Vec<u8>) -> bool,
-    failed: &mut Option<String>,
+    failed: &mut Option<Error>,
 ) -> bool {
     match writer.push(cmd) {
         Ok(Some(chunk)) => send(chunk),
         Ok(None) => true,
         Err(e) => {
-            *failed = Some(e.to_string());
+            *failed = Some(e);
             false
         }
     }
@@ -442,19 +458,19 @@ fn finish_snapshot(
     table: Vec<u8>,
     index: u64,
     send: &mut impl FnMut(Vec<u8>) -> bool,
-) -> Result<(), String> {
+) -> Result<()> {
     let dummy = Command {
         table,
         r#type: CommandType::Dummy as i32,
         leader_index: Some(index),
         ..Default::default()
     };
-    if let Some(chunk) = writer.push(&dummy).map_err(|e| e.to_string())?
+    if let Some(chunk) = writer.push(&dummy)?
         && !send(chunk)
     {
         return Ok(());
     }
-    for chunk in std::mem::take(writer).finish().map_err(|e| e.to_string())? {
+    for chunk in std::mem::take(writer).finish()? {
         if !send(chunk) {
             return Ok(());
         }
@@ -463,17 +479,16 @@ fn finish_snapshot(
 }
 
 /// Streams table's full snapshot: one PUT per live key (with its revisions) in key
-/// order, then a DUMMY carrying the applied index the data reflects.
-fn write_full_snapshot(
-    table: &LocalTable,
-    tx: &mpsc::Sender<Result<SnapshotChunk, Status>>,
-) -> Result<(), String> {
+/// order, then a DUMMY carrying the applied index the data reflects, which every chunk
+/// carries too.
+fn write_full_snapshot(table: &LocalTable, tx: &mpsc::Sender<Result<SnapshotChunk>>) -> Result<()> {
     let name = table.name().as_bytes().to_vec();
-    let mut send = |data: Vec<u8>| send_chunk(tx, data);
-    let mut writer = RecordWriter::default();
-    let mut failed = None;
-    let state = table
-        .export_blocking(|kv| {
+    table.read_at_blocking(|at| {
+        let index = at.applied()?.index;
+        let mut send = |data: Vec<u8>| send_chunk(tx, data, index);
+        let mut writer = RecordWriter::default();
+        let mut failed = None;
+        let walked = at.for_each_pair(|kv| {
             let cmd = Command {
                 table: name.clone(),
                 r#type: CommandType::Put as i32,
@@ -481,7 +496,13 @@ fn write_full_snapshot(
                 ..Default::default()
             };
             push_record(&mut writer, &cmd, &mut send, &mut failed)
-        })
-        .map_err(|e| failed.take().unwrap_or_else(|| e.to_string()))?;
-    finish_snapshot(&mut writer, name, state.index, &mut send)
+        });
+        match walked {
+            Ok(()) => {}
+            // The follower went away: nothing to tell it.
+            Err(flotilla_tables::Error::ReceiverGone) if failed.is_none() => return Ok(()),
+            Err(e) => return Err(failed.take().unwrap_or(Error::Tables(e))),
+        }
+        finish_snapshot(&mut writer, name, index, &mut send).map_err(|e| failed.take().unwrap_or(e))
+    })
 }

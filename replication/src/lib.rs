@@ -5,6 +5,7 @@
 pub mod error;
 pub mod follower;
 pub mod format;
+pub mod identity;
 pub mod leader;
 
 pub use error::{Error, Result};

@@ -8,8 +8,9 @@ use flotilla_proto::regatta::v1::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
     TxnRequest, TxnResponse,
 };
-use flotilla_tables::Table;
-use flotilla_tables::range::{RESPONSE_BYTE_BUDGET, RangeQuery};
+use flotilla_tables::range::RangeQuery;
+use flotilla_tables::table::read_page_at;
+use flotilla_tables::{Error, Table};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -49,10 +50,7 @@ impl KvService {
         if req.linearizable {
             table.read_barrier().await.map_err(kv_status)?;
         }
-        let page = table
-            .read_page(query_of(&req), RESPONSE_BYTE_BUDGET)
-            .await
-            .map_err(kv_status)?;
+        let page = table.read_page(query_of(&req)).await.map_err(kv_status)?;
         Ok(RangeResponse {
             header: Some(self.api.header(&table, 0)),
             kvs: page.kvs,
@@ -80,7 +78,17 @@ impl KvService {
             prev_kvs: req.prev_kv,
             ..Default::default()
         };
-        let out = table.propose(&cmd).await.map_err(kv_status)?;
+        let out = match table.propose(&cmd).await {
+            Ok(out) => out,
+            // Committed, and a Put without prev_kv returns nothing but its revision.
+            Err(Error::CommittedWithoutResult { revision }) if !req.prev_kv => {
+                return Ok(PutResponse {
+                    header: Some(self.api.header(&table, revision)),
+                    prev_kv: None,
+                });
+            }
+            Err(e) => return Err(kv_status(e)),
+        };
         let prev_kv = out.responses.into_iter().find_map(|r| match r.response {
             Some(response_op::Response::ResponsePut(p)) => p.prev_kv,
             _ => None,
@@ -111,7 +119,17 @@ impl KvService {
             count: req.count,
             ..Default::default()
         };
-        let out = table.propose(&cmd).await.map_err(kv_status)?;
+        let out = match table.propose(&cmd).await {
+            Ok(out) => out,
+            // Committed, and without prev_kv or count the reply is only its revision.
+            Err(Error::CommittedWithoutResult { revision }) if !req.prev_kv && !req.count => {
+                return Ok(DeleteRangeResponse {
+                    header: Some(self.api.header(&table, revision)),
+                    ..Default::default()
+                });
+            }
+            Err(e) => return Err(kv_status(e)),
+        };
         let mut resp = DeleteRangeResponse {
             header: Some(self.api.header(&table, out.revision)),
             ..Default::default()
@@ -269,15 +287,18 @@ impl Kv for KvService {
             if req.linearizable {
                 table.read_barrier().await.map_err(kv_status)?;
             }
-            Ok(table)
+            // Every page reads this one instant (Armada's RFC 002): a writer running
+            // alongside can never produce a torn answer across pages.
+            let at = table.point_in_time();
+            Ok((table, at))
         };
-        let table = self.api.grpc.observe("IterateRange", setup).await?;
+        let (table, at) = self.api.grpc.observe("IterateRange", setup).await?;
         let (tx, rx) = mpsc::channel(STREAM_PAGES_IN_FLIGHT);
         let api = self.api.clone();
         tokio::spawn(async move {
             let mut query = Some(query_of(&req));
             while let Some(q) = query.take() {
-                let result = table.read_page(q.clone(), RESPONSE_BYTE_BUDGET).await;
+                let result = read_page_at(at.clone(), q.clone()).await;
                 let msg = match result {
                     Ok(page) => {
                         query = q.next_page(&page);

@@ -6,10 +6,12 @@
 pub mod api;
 pub mod cluster;
 pub mod grpc_metrics;
+pub mod inspect;
 pub mod kv;
 pub mod maintenance;
 pub mod metrics_svc;
 pub mod peers;
+pub mod replication_svc;
 pub mod rest;
 pub mod snapshot_http;
 pub mod status;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use flotilla_ops::Settings;
 use flotilla_proto::flotilla::raft::v1::raft_server::RaftServer;
+use flotilla_proto::flotilla::v1::inspect_server::InspectServer;
 use flotilla_proto::maintenance::v1::maintenance_server::MaintenanceServer;
 use flotilla_proto::regatta::v1::{
     cluster_server::ClusterServer, kv_server::KvServer, metrics_server::MetricsServer,
@@ -42,6 +45,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::{Routes, RoutesBuilder};
 
 use crate::api::Api;
+use crate::replication_svc::ReplicationService;
 
 /// Largest gRPC message accepted (Armada's default).
 pub const MAX_RECV_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -297,9 +301,21 @@ async fn serve_replication(
 ) {
     let mut routes = Routes::builder();
     routes
-        .add_service(svc!(MetadataServer, LEADER_SEND, service.clone()))
-        .add_service(svc!(LogServer, LEADER_SEND, service.clone()))
-        .add_service(svc!(SnapshotServer, LEADER_SEND, service.clone()))
+        .add_service(svc!(
+            MetadataServer,
+            LEADER_SEND,
+            ReplicationService::new(service.clone())
+        ))
+        .add_service(svc!(
+            LogServer,
+            LEADER_SEND,
+            ReplicationService::new(service.clone())
+        ))
+        .add_service(svc!(
+            SnapshotServer,
+            LEADER_SEND,
+            ReplicationService::new(service.clone())
+        ))
         .add_service(svc!(KvServer, LEADER_SEND, kv::KvService::new(api)));
     add_reflection(&mut routes);
     // Plain HTTP GETs of snapshot objects share the port with gRPC (HTTP/1.1 or h2c).
@@ -366,6 +382,11 @@ async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
             MaintenanceServer,
             MAX_SEND_MESSAGE_BYTES,
             maintenance::MaintenanceService::new(api.clone())
+        ))
+        .add_service(svc!(
+            InspectServer,
+            MAX_SEND_MESSAGE_BYTES,
+            inspect::InspectService::new(api.clone())
         ));
     add_reflection(&mut routes);
     // Small responses are written as several HTTP/2 frames; without TCP_NODELAY, Nagle

@@ -12,7 +12,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::{Api, table_name};
-use crate::status::kv_status;
+use crate::status::replication_status;
 
 /// The Maintenance service.
 #[derive(Debug, Clone)]
@@ -45,10 +45,7 @@ impl MaintenanceService {
             ]
         };
         for table in tables {
-            follower
-                .reset(&table)
-                .await
-                .map_err(|e| kv_status(e.into()))?;
+            follower.reset(&table).await.map_err(replication_status)?;
         }
         Ok(ResetResponse {})
     }

@@ -28,7 +28,7 @@ async fn live(service: LeaderService, table: String) -> Response {
     let body = stream.map(|chunk| {
         chunk
             .map(|c| Bytes::from(c.data))
-            .map_err(|status| std::io::Error::other(status.message().to_owned()))
+            .map_err(std::io::Error::other)
     });
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],

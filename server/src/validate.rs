@@ -103,9 +103,26 @@ pub fn delete_range(req: &DeleteRangeRequest) -> Result<(), Status> {
     check_range_end(&req.range_end)
 }
 
-/// Checks a Txn request: table set, no stray 0x00 in any compare or op key.
+/// Most compares, and most ops in either branch, of one Txn (etcd's default limit):
+/// a Txn runs on every replica inside one apply, so what it may do is bounded.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Checks a Txn request: table set, at most [`MAX_TXN_OPS`] compares and ops per branch,
+/// no stray 0x00 in any compare key, and every op checked exactly like its single-op
+/// form (a Put with an empty key must not reach the log: replicas could not load it).
 pub fn txn(req: &TxnRequest) -> Result<(), Status> {
     check_table(&req.table)?;
+    for (what, n) in [
+        ("compares", req.compare.len()),
+        ("success ops", req.success.len()),
+        ("failure ops", req.failure.len()),
+    ] {
+        if n > MAX_TXN_OPS {
+            return Err(Status::invalid_argument(format!(
+                "too many {what} in the Txn: {n} > {MAX_TXN_OPS}"
+            )));
+        }
+    }
     for cmp in &req.compare {
         compare(cmp)?;
     }
@@ -126,11 +143,33 @@ fn request_op(op: &RequestOp) -> Result<(), Status> {
             if r.limit < 0 {
                 return Err(bad("limit must be a positive number"));
             }
+            if r.keys_only && r.count_only {
+                return Err(bad(
+                    "keys_only and count_only must not be set at the same time",
+                ));
+            }
+            if r.key.is_empty() && r.range_end.is_empty() {
+                return Err(bad("key must be set"));
+            }
             check_key(&r.key, true)?;
             check_range_end(&r.range_end)
         }
-        Some(request_op::Request::RequestPut(p)) => check_key(&p.key, false),
+        Some(request_op::Request::RequestPut(p)) => {
+            if p.key.is_empty() {
+                return Err(bad("key must be set"));
+            }
+            check_key(&p.key, false)?;
+            if p.value.len() > MAX_VALUE_BYTES {
+                return Err(Status::failed_precondition(
+                    "value length exceeded max allowed value",
+                ));
+            }
+            Ok(())
+        }
         Some(request_op::Request::RequestDeleteRange(d)) => {
+            if d.key.is_empty() {
+                return Err(bad("key must be set"));
+            }
             check_key(&d.key, false)?;
             check_range_end(&d.range_end)
         }
@@ -272,6 +311,51 @@ mod tests {
         assert!(
             is_read_only(&TxnRequest::default()),
             "no ops at all is a read"
+        );
+    }
+
+    #[test]
+    fn txn_ops_are_checked_like_their_single_forms() {
+        let txn_of = |op: request_op::Request| TxnRequest {
+            table: "t".into(),
+            success: vec![RequestOp { request: Some(op) }],
+            ..Default::default()
+        };
+        let empty_put = request_op::Request::RequestPut(request_op::Put::default());
+        assert_eq!(msg(txn(&txn_of(empty_put))), "key must be set");
+        let big_put = request_op::Request::RequestPut(request_op::Put {
+            key: b"k".to_vec(),
+            value: vec![0; MAX_VALUE_BYTES + 1],
+            prev_kv: false,
+        });
+        assert_eq!(
+            msg(txn(&txn_of(big_put))),
+            "value length exceeded max allowed value"
+        );
+        let empty_delete =
+            request_op::Request::RequestDeleteRange(request_op::DeleteRange::default());
+        assert_eq!(msg(txn(&txn_of(empty_delete))), "key must be set");
+        let empty_range = request_op::Request::RequestRange(request_op::Range::default());
+        assert_eq!(msg(txn(&txn_of(empty_range))), "key must be set");
+        let put_op = RequestOp {
+            request: Some(request_op::Request::RequestPut(request_op::Put {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let mut many = TxnRequest {
+            table: "t".into(),
+            success: vec![put_op; MAX_TXN_OPS],
+            ..Default::default()
+        };
+        assert!(txn(&many).is_ok());
+        many.success.push(many.success[0].clone());
+        assert_eq!(
+            msg(txn(&many)),
+            format!(
+                "too many success ops in the Txn: {} > {MAX_TXN_OPS}",
+                MAX_TXN_OPS + 1
+            )
         );
     }
 }

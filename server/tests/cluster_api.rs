@@ -24,7 +24,7 @@ async fn channel(running: &Running) -> Channel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_serves_and_every_node_stops_gracefully() {
-    let ports: Vec<u16> = (0..3).map(common::free_port).collect();
+    let ports: Vec<u16> = common::free_ports(3);
     let members = format!(
         "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
         ports[0], ports[1], ports[2]

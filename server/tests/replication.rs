@@ -194,10 +194,13 @@ async fn every_command_type_replicates_with_the_leaders_revisions() {
         .await
         .expect_err("create on a follower");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert_eq!(
-        metric(&follower, "flotilla_replication_leased{table=\"t\"}").await,
-        1.0
-    );
+    // The gauge is set when the worker (re)takes the lease, which a reconcile can
+    // restart: wait for it rather than read it once.
+    let leased = eventually(WAIT, async || {
+        metric(&follower, "flotilla_replication_leased{table=\"t\"}").await == 1.0
+    })
+    .await;
+    assert!(leased, "the single follower node holds the worker of t");
     follower.shutdown().await;
     leader.shutdown().await;
 }
@@ -299,39 +302,27 @@ async fn a_late_follower_recovers_by_snapshot_and_reset_repulls() {
         })
         .await
         .expect("reset");
-    assert!(
-        metric(&follower, recoveries).await > before,
-        "reset loads a fresh snapshot"
-    );
+    // Reset only forgets the leader index (as Armada's does); the worker then loads a
+    // fresh snapshot on its own.
+    let reloaded = eventually(WAIT, async || metric(&follower, recoveries).await > before).await;
+    assert!(reloaded, "reset loads a fresh snapshot");
     leader.put("t", b"after-reset", b"z").await;
     assert_converges(&leader, &follower, "t").await;
     follower.shutdown().await;
     leader.shutdown().await;
 }
 
-/// The nodes of `followers` whose worker holds table `t` (`leased` = 1).
-async fn lease_holders(followers: &[Option<TestServer>]) -> Vec<usize> {
-    let mut holders = Vec::new();
-    for (i, f) in followers.iter().enumerate() {
-        if let Some(f) = f
-            && metric(f, "flotilla_replication_leased{table=\"t\"}").await == 1.0
-        {
-            holders.push(i);
-        }
-    }
-    holders
-}
-
-/// Waits until exactly one running follower node holds the worker of `t`.
+/// Waits until exactly one running follower node holds the worker of `t`; its index.
 async fn one_lease_holder(followers: &[Option<TestServer>]) -> usize {
-    let mut holders = Vec::new();
-    let one = eventually(WAIT, async || {
-        holders = lease_holders(followers).await;
-        holders.len() == 1
-    })
-    .await;
-    assert!(one, "one node holds the worker, not {holders:?}");
-    holders[0]
+    let nodes: Vec<(u64, String)> = followers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| Some((i as u64, f.as_ref()?.rest_addr().to_string())))
+        .collect();
+    let holder = flotilla_testkit::leases::one_holder(&nodes, "t", WAIT)
+        .await
+        .unwrap_or_else(|seen| panic!("one node holds the worker, not {seen:?}"));
+    usize::try_from(holder).expect("an index")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +331,7 @@ async fn the_worker_moves_when_its_node_stops() {
     leader.create_table("t").await;
     let addr = replication_addr(&leader);
     // A three-node follower cluster.
-    let ports: Vec<u16> = (0..3).map(common::free_port).collect();
+    let ports: Vec<u16> = common::free_ports(3);
     let members = (0..3)
         .map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i]))
         .collect::<Vec<_>>()
@@ -397,23 +388,33 @@ async fn incremental(
         .await?
         .into_inner();
     let mut bytes = Vec::new();
+    let mut indexes = Vec::new();
     while let Some(chunk) = stream.message().await? {
         assert_eq!(chunk.len as usize, chunk.data.len());
         bytes.extend_from_slice(&chunk.data);
+        indexes.push(chunk.index);
     }
     let mut reader = RecordReader::new(&bytes[..]);
     let mut records = Vec::new();
     while let Some(cmd) = reader.next_command().expect("well-formed snapshot") {
         let kv = cmd.kv.clone().unwrap_or_default();
         let revision = match cmd.r#type() {
-            CommandType::Dummy => cmd.leader_index.expect("dummy carries the index"),
+            CommandType::Dummy => {
+                let index = cmd.leader_index.expect("dummy carries the index");
+                assert!(
+                    indexes.iter().all(|&i| i == index),
+                    "every chunk carries the leader index the snapshot reflects ({index}): {indexes:?}"
+                );
+                index
+            }
             _ => kv.mod_revision as u64,
         };
-        records.push((
-            cmd.r#type(),
-            String::from_utf8_lossy(&kv.key).into_owned(),
-            revision,
-        ));
+        // A range delete shows as "start..end".
+        let mut key = String::from_utf8_lossy(&kv.key).into_owned();
+        if let Some(end) = &cmd.range_end {
+            key = format!("{key}..{}", String::from_utf8_lossy(end));
+        }
+        records.push((cmd.r#type(), key, revision));
     }
     Ok(records)
 }
@@ -460,15 +461,29 @@ async fn incremental_snapshots_carry_changes_and_refuse_forgotten_bases() {
     assert_eq!(
         changes,
         [
+            (CommandType::Delete, "c..d\u{fffd}".to_owned(), 0),
             (CommandType::Put, "c".to_owned(), c),
             (CommandType::Put, "e".to_owned(), e),
             (CommandType::Delete, "b".to_owned(), 0),
-            (CommandType::Delete, "d".to_owned(), 0),
         ],
-        "puts since the base in key order, then keys deleted since and not live"
+        "ranges deleted since the base (one record each, not a key each), puts since the \
+         base in key order, then keys deleted since and not live"
     );
     assert_eq!(last.0, CommandType::Dummy);
     assert!(last.2 >= c, "the dummy carries the applied index");
+    // A base the leader has not applied yet: OUT_OF_RANGE (WIRE.md §5.6).
+    let ahead = last.2 + 1_000;
+    let err = incremental(&mut client, ahead)
+        .await
+        .expect_err("a base ahead of the leader");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    assert!(
+        err.message().starts_with(&format!(
+            "requested leader_index {ahead} is ahead of leader applied index"
+        )),
+        "{}",
+        err.message()
+    );
 
     // Once the log is compacted past the base, its deletes are forgotten: refused.
     for i in 0..200u32 {
@@ -570,7 +585,7 @@ async fn status_errors(server: &TestServer) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_behind_the_follower_shows_in_status_errors() {
     // A leader at a fixed replication address, so a replacement can take its place.
-    let port = common::free_port(7);
+    let port = common::free_ports(1)[0];
     let start_leader = async || {
         let dir = tempfile::tempdir().expect("dir");
         let mut s = settings(dir.path());

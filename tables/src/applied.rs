@@ -33,14 +33,17 @@ impl AppliedState {
         out
     }
 
-    /// Decodes what [`AppliedState::encode`] wrote.
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
+    /// Decodes what [`AppliedState::encode`] wrote for table (group) `table`.
+    pub fn decode(table: u64, bytes: &[u8]) -> Result<Self> {
         if bytes.len() != LEN || bytes[0] != VERSION {
-            return Err(Error::Corrupt(format!(
-                "applied state: {} bytes, version {:?}",
-                bytes.len(),
-                bytes.first()
-            )));
+            return Err(Error::corrupt(
+                table,
+                format!(
+                    "applied state: {} bytes, version {:?}",
+                    bytes.len(),
+                    bytes.first()
+                ),
+            ));
         }
         let u64_at = |at: usize| {
             let mut b = [0u8; 8];
@@ -69,8 +72,11 @@ mod tests {
                 leader_index: li,
                 gc_horizon: 3,
             };
-            assert_eq!(AppliedState::decode(&s.encode()).expect("decode"), s);
+            assert_eq!(AppliedState::decode(1, &s.encode()).expect("decode"), s);
         }
-        assert!(AppliedState::decode(&[9; 3]).is_err());
+        assert!(matches!(
+            AppliedState::decode(4, &[9; 3]),
+            Err(Error::Corrupt { table: 4, .. })
+        ));
     }
 }

@@ -27,6 +27,11 @@ pub struct CatalogCommand {
     /// The table's name.
     #[prost(string, tag = "2")]
     pub name: String,
+    /// On a follower cluster: the id of the leader cluster's table this one replicates
+    /// (0: none). A leader table dropped and created again under the same name has a new
+    /// id, which is how a follower tells the new table from the old one.
+    #[prost(uint64, tag = "3")]
+    pub source_id: u64,
 }
 
 impl CatalogCommand {
@@ -53,8 +58,9 @@ pub enum CatalogOutcome {
 
 /// Told about catalog changes as they are applied, to start and stop table groups.
 pub trait CatalogListener: Send + Sync + 'static {
-    /// Table `id` named `name` now exists (its raft state is on disk).
-    fn created(&self, id: u64, name: &str);
+    /// Table `id` named `name` (replicating leader table `source_id`, if any) now
+    /// exists (its raft state is on disk).
+    fn created(&self, id: u64, name: &str, source_id: Option<u64>);
     /// Table `id` was dropped; its data must be erased once its group stopped.
     fn dropped(&self, id: u64, name: &str);
 }
@@ -83,7 +89,7 @@ impl CatalogMachine {
         listener: Arc<dyn CatalogListener>,
     ) -> Result<Self> {
         let state = match engine.get(keys::CF_META, &keys::applied_key(CATALOG_ID))? {
-            Some(b) => AppliedState::decode(&b)?,
+            Some(b) => AppliedState::decode(CATALOG_ID, &b)?,
             None => AppliedState::default(),
         };
         Ok(Self {
@@ -95,18 +101,63 @@ impl CatalogMachine {
     }
 }
 
-/// All tables in the catalog, as (name, id), sorted by name.
-pub fn list(engine: &Engine) -> Result<Vec<(String, u64)>> {
+/// One table of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntry {
+    /// The table's name.
+    pub name: String,
+    /// Its id (also its raft group id).
+    pub id: u64,
+    /// The leader cluster's id of the table it replicates (follower clusters).
+    pub source_id: Option<u64>,
+}
+
+/// A catalog entry's value: the id, then the source id if there is one.
+fn encode_entry(id: u64, source_id: u64) -> Vec<u8> {
+    let mut v = id.to_be_bytes().to_vec();
+    if source_id != 0 {
+        v.extend_from_slice(&source_id.to_be_bytes());
+    }
+    v
+}
+
+fn decode_entry(name: &[u8], v: &[u8]) -> Result<(u64, Option<u64>)> {
+    let bad = || {
+        Error::corrupt(
+            CATALOG_ID,
+            format!(
+                "the catalog entry of {:?} is {} bytes",
+                String::from_utf8_lossy(name),
+                v.len()
+            ),
+        )
+    };
+    match v.len() {
+        8 => Ok((keys::decode_u64(v).ok_or_else(bad)?, None)),
+        16 => Ok((
+            keys::decode_u64(&v[..8]).ok_or_else(bad)?,
+            Some(keys::decode_u64(&v[8..]).ok_or_else(bad)?),
+        )),
+        _ => Err(bad()),
+    }
+}
+
+/// All tables in the catalog, sorted by name.
+pub fn list(engine: &Engine) -> Result<Vec<CatalogEntry>> {
     let prefix = keys::catalog_table_prefix();
     let mut iter = engine.iter(keys::CF_META, prefix.clone(), keys::prefix_end(&prefix));
     iter.seek(&prefix);
     let mut out = Vec::new();
-    while iter.valid() {
-        if let (Some(k), Some(v)) = (iter.key(), iter.value()) {
-            let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let id = keys::decode_u64(v).ok_or_else(|| Error::Corrupt("catalog id".into()))?;
-            out.push((name, id));
-        }
+    while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+        let raw_name = &k[prefix.len()..];
+        let name = String::from_utf8(raw_name.to_vec())
+            .map_err(|_| Error::corrupt(CATALOG_ID, "a table name that is not UTF-8"))?;
+        let (id, source_id) = decode_entry(raw_name, v)?;
+        out.push(CatalogEntry {
+            name,
+            id,
+            source_id,
+        });
         iter.next();
     }
     crate::engine::iter_status(&iter)?;
@@ -119,13 +170,10 @@ pub fn dropped(engine: &Engine) -> Result<Vec<u64>> {
     let mut iter = engine.iter(keys::CF_META, prefix.clone(), keys::prefix_end(&prefix));
     iter.seek(&prefix);
     let mut out = Vec::new();
-    while iter.valid() {
-        if let Some(id) = iter
-            .key()
-            .and_then(|k| keys::decode_u64(&k[prefix.len()..]))
-        {
-            out.push(id);
-        }
+    while let Some(k) = iter.key() {
+        let id = keys::decode_u64(&k[prefix.len()..])
+            .ok_or_else(|| Error::corrupt(CATALOG_ID, "a dropped-table marker"))?;
+        out.push(id);
         iter.next();
     }
     crate::engine::iter_status(&iter)?;
@@ -147,34 +195,37 @@ impl StateMachine for CatalogMachine {
         let meta = self.engine.cf(keys::CF_META);
         let mut batch = WriteBatch::default();
         // Told to the listener once the batch is written.
-        let mut changed: Option<(CatalogOutcome, String)> = None;
+        let mut changed: Option<(CatalogOutcome, String, Option<u64>)> = None;
         let outcome = if data.is_empty() {
             CatalogOutcome::Invalid
         } else {
             match <CatalogCommand as prost::Message>::decode(data) {
                 Err(e) => {
-                    tracing::error!(index, "undecodable catalog command: {e}");
-                    CatalogOutcome::Invalid
+                    return Err(Error::corrupt(
+                        CATALOG_ID,
+                        format!("catalog command at {index}: {e}"),
+                    ));
                 }
                 Ok(cmd) => {
                     let key = keys::catalog_table_key(cmd.name.as_bytes());
-                    let existing = self
-                        .engine
-                        .get(keys::CF_META, &key)?
-                        .and_then(|v| keys::decode_u64(&v));
+                    let existing = match self.engine.get(keys::CF_META, &key)? {
+                        Some(v) => Some(decode_entry(cmd.name.as_bytes(), &v)?.0),
+                        None => None,
+                    };
                     match (cmd.op, existing) {
                         (CatalogCommand::CREATE, Some(_)) => CatalogOutcome::AlreadyExists,
                         (CatalogCommand::CREATE, None) => {
                             let id = index;
-                            batch.put_cf(meta, &key, id.to_be_bytes());
+                            batch.put_cf(meta, &key, encode_entry(id, cmd.source_id));
                             raft_storage::bootstrap(&self.engine, &mut batch, id, &self.voters);
-                            changed = Some((CatalogOutcome::Created(id), cmd.name.clone()));
+                            let source = (cmd.source_id != 0).then_some(cmd.source_id);
+                            changed = Some((CatalogOutcome::Created(id), cmd.name.clone(), source));
                             CatalogOutcome::Created(id)
                         }
                         (CatalogCommand::DROP, Some(id)) => {
                             batch.delete_cf(meta, &key);
                             batch.put_cf(meta, keys::catalog_dropped_key(id), []);
-                            changed = Some((CatalogOutcome::Dropped(id), cmd.name.clone()));
+                            changed = Some((CatalogOutcome::Dropped(id), cmd.name.clone(), None));
                             CatalogOutcome::Dropped(id)
                         }
                         (CatalogCommand::DROP, None) => CatalogOutcome::NotFound,
@@ -192,8 +243,10 @@ impl StateMachine for CatalogMachine {
         self.engine.write(batch, false)?;
         self.state = next;
         match changed {
-            Some((CatalogOutcome::Created(id), name)) => self.listener.created(id, &name),
-            Some((CatalogOutcome::Dropped(id), name)) => self.listener.dropped(id, &name),
+            Some((CatalogOutcome::Created(id), name, source)) => {
+                self.listener.created(id, &name, source);
+            }
+            Some((CatalogOutcome::Dropped(id), name, _)) => self.listener.dropped(id, &name),
             _ => {}
         }
         Ok(outcome)
@@ -205,13 +258,18 @@ impl StateMachine for CatalogMachine {
 
     /// The catalog keeps its whole log (see `Node::open`), so a leader never needs to
     /// send it as a snapshot; receiving one means a peer is misconfigured.
-    fn install_snapshot(
-        &mut self,
+    fn snapshot_installer(
+        &self,
         _snapshot: &raft::eraftpb::Snapshot,
         _raft_state: WriteBatch,
-    ) -> Result<()> {
-        Err(Error::Unavailable(
-            "catalog snapshots are not supported; the catalog log is never compacted".into(),
+    ) -> Result<crate::snapshot::InstallJob> {
+        Err(Error::corrupt(
+            CATALOG_ID,
+            "a raft snapshot of the catalog, whose log is never compacted",
         ))
+    }
+
+    fn reload(&mut self) -> Result<()> {
+        Ok(())
     }
 }

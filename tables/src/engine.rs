@@ -68,10 +68,15 @@ impl Engine {
 
     /// Writes `batch` atomically; `sync` makes it durable (fsync) before returning.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        Ok(self.write_batch(batch, sync)?)
+    }
+
+    /// [`Engine::write`] with RocksDB's own error (cloneable, for the log writer that
+    /// tells many waiters of one failure).
+    pub fn write_batch(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        self.db.write_opt(batch, &opts)?;
-        Ok(())
+        self.db.write_opt(batch, &opts)
     }
 
     /// Reads one key of family `cf`.
@@ -97,17 +102,8 @@ impl Engine {
         self.db.snapshot()
     }
 
-    /// Loads an SST file (written by `rocksdb::SstFileWriter`) into family `cf`. The file
-    /// is copied, not moved, so an interrupted install can be redone from it.
-    pub fn ingest(&self, cf: &str, path: &Path) -> Result<()> {
-        let opts = IngestExternalFileOptions::default();
-        self.db
-            .ingest_external_file_cf_opts(self.cf(cf), &opts, vec![path])?;
-        Ok(())
-    }
-
-    /// Loads an SST file into family `cf` by moving (hard-linking) it instead of copying:
-    /// for large imports whose file is not needed afterwards.
+    /// Loads an SST file (written by `rocksdb::SstFileWriter`) into family `cf` by moving
+    /// it (RocksDB hard-links it into the database and unlinks `path`), never copying.
     pub fn ingest_moving(&self, cf: &str, path: &Path) -> Result<()> {
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);

@@ -12,7 +12,7 @@ use crate::applied::AppliedState;
 use crate::engine::{Engine, iter_status};
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::values::StoredValue;
+use crate::point_in_time::TableAt;
 
 /// Commands read from a table's raft log.
 #[derive(Debug, PartialEq)]
@@ -31,11 +31,12 @@ pub enum LogRead {
 pub fn read_log(engine: &Engine, id: u64, from: u64, to: u64, max_bytes: usize) -> Result<LogRead> {
     // One snapshot for the truncation point and the entries: compaction between the two
     // reads would otherwise look like a hole.
-    let snap = engine.snapshot();
-    let truncated = truncated_index(engine, &snap, id)?;
+    let at = TableAt::new(engine, id);
+    let truncated = at.truncated_index()?;
     if from <= truncated {
         return Ok(LogRead::Compacted);
     }
+    let snap = engine.snapshot();
     let mut out = Vec::new();
     let mut bytes = 0usize;
     let mut opts = ReadOptions::default();
@@ -49,8 +50,9 @@ pub fn read_log(engine: &Engine, id: u64, from: u64, to: u64, max_bytes: usize) 
         if keys::raft_log_index(k) != Some(next) {
             break;
         }
-        let entry = Entry::parse_from_bytes(v)?;
-        let cmd = command_of(&entry, id);
+        let entry = Entry::parse_from_bytes(v)
+            .map_err(|e| Error::corrupt(id, format!("log entry {next}: {e}")))?;
+        let cmd = command_of(&entry, id)?;
         bytes += cmd.encoded_len();
         if !out.is_empty() && bytes > max_bytes {
             break;
@@ -60,114 +62,40 @@ pub fn read_log(engine: &Engine, id: u64, from: u64, to: u64, max_bytes: usize) 
         iter.next();
     }
     iter_status(&iter)?;
-    // Compacted while we looked (the snapshot pins what we read, not what is kept).
-    if out.is_empty() && from <= truncated {
+    // Compacted after the truncation point was read (the snapshot pins what we read,
+    // not what is kept).
+    if out.is_empty() && from <= TableAt::new(engine, id).truncated_index()? {
         return Ok(LogRead::Compacted);
     }
     Ok(LogRead::Commands(out))
 }
 
-fn command_of(entry: &Entry, table_id: u64) -> Command {
+/// The command a leader-table log entry carries, with its index as the leader index.
+fn command_of(entry: &Entry, table_id: u64) -> Result<Command> {
     let index = entry.index;
-    let decoded = match entry.get_entry_type() {
-        EntryType::EntryNormal if !entry.data.is_empty() => Command::decode(&entry.data[..]).ok(),
-        _ => None,
-    };
-    match decoded {
-        Some(mut cmd) => {
-            cmd.leader_index = Some(index);
-            cmd
-        }
-        None => {
-            if !entry.data.is_empty() && entry.get_entry_type() == EntryType::EntryNormal {
-                tracing::warn!(table = table_id, index, "log entry is not a command");
-            }
-            Command {
-                r#type: CommandType::Dummy as i32,
-                leader_index: Some(index),
-                ..Default::default()
-            }
-        }
-    }
-}
-
-/// One live key of a table, with its revisions.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportedPair {
-    /// The user key.
-    pub key: Vec<u8>,
-    /// The value and its revisions.
-    pub value: StoredValue,
-}
-
-type Snapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, rocksdb::DB>;
-
-/// The last log index compaction removed from group `id` (0 if none), as of `snap`.
-fn truncated_index(engine: &Engine, snap: &Snapshot<'_>, id: u64) -> Result<u64> {
-    Ok(
-        match snap.get_cf(engine.cf(keys::CF_RAFT), keys::truncated_key(id))? {
-            Some(b) if b.len() >= 8 => keys::decode_u64(&b[..8]).unwrap_or(0),
-            _ => 0,
+    let mut cmd = match entry.get_entry_type() {
+        EntryType::EntryNormal if !entry.data.is_empty() => Command::decode(&entry.data[..])
+            .map_err(|e| Error::corrupt(table_id, format!("command at {index}: {e}")))?,
+        _ => Command {
+            r#type: CommandType::Dummy as i32,
+            ..Default::default()
         },
-    )
-}
-
-fn applied_state(engine: &Engine, snap: &Snapshot<'_>, id: u64) -> Result<AppliedState> {
-    match snap.get_cf(engine.cf(keys::CF_META), keys::applied_key(id))? {
-        Some(b) => AppliedState::decode(&b),
-        None => Ok(AppliedState::default()),
-    }
-}
-
-/// Visits every live key of table `id` in key order as of `snap`, until `visit` returns
-/// false (then `Unavailable`: the receiver went away).
-fn walk_live(
-    engine: &Engine,
-    snap: &Snapshot<'_>,
-    id: u64,
-    mut visit: impl FnMut(KeyValue) -> bool,
-) -> Result<()> {
-    let mut opts = ReadOptions::default();
-    opts.set_snapshot(snap);
-    opts.set_iterate_upper_bound(keys::table_end(id));
-    // A bulk read: do not evict what point reads keep warm.
-    opts.fill_cache(false);
-    let mut iter = engine.raw_iter_opt(keys::CF_DATA, opts);
-    iter.seek(keys::table_start(id));
-    while let (Some(k), Some(v)) = (iter.key(), iter.value()) {
-        let stored = StoredValue::decode(v)
-            .ok_or_else(|| Error::Corrupt(format!("stored value of table {id}")))?;
-        let kv = KeyValue {
-            key: keys::user_key(k).to_vec(),
-            create_revision: stored.create_revision as i64,
-            mod_revision: stored.mod_revision as i64,
-            value: stored.value,
-        };
-        if !visit(kv) {
-            return Err(Error::Unavailable("snapshot receiver went away".into()));
-        }
-        iter.next();
-    }
-    iter_status(&iter)
-}
-
-/// Calls `emit` for every live key of table `id` in key order, all read from one RocksDB
-/// snapshot, and returns the applied state that snapshot reflects. `emit` returning false
-/// stops the walk with `Unavailable` (the receiver went away).
-pub fn for_each_pair(
-    engine: &Engine,
-    id: u64,
-    emit: impl FnMut(KeyValue) -> bool,
-) -> Result<AppliedState> {
-    let snap = engine.snapshot();
-    let applied = applied_state(engine, &snap, id)?;
-    walk_live(engine, &snap, id, emit)?;
-    Ok(applied)
+    };
+    cmd.leader_index = Some(index);
+    Ok(cmd)
 }
 
 /// One record of an incremental export.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// The live keys of `[start, end)` were deleted after the base (`end` `None`: to the
+    /// table's end). Applied before the puts, which are all newer where they overlap.
+    DeleteRange {
+        /// First key of the range.
+        start: Vec<u8>,
+        /// Exclusive end, or `None` for the end of the table.
+        end: Option<Vec<u8>>,
+    },
     /// A live key last written after the base revision, with its value and revisions.
     Put(KeyValue),
     /// A key deleted after the base revision and not live now.
@@ -185,50 +113,62 @@ pub enum ChangesRead {
         /// The oldest base an incremental export can start from.
         horizon: u64,
     },
+    /// The base is ahead of what this replica applied: there is nothing it could send.
+    Ahead {
+        /// This replica's applied index.
+        applied: u64,
+    },
 }
 
-/// Calls `emit` for every change of table `id` after revision `since`, all read from one
-/// RocksDB snapshot: a `Put` per live key whose last write is newer (in key order), then a
-/// `Delete` per key deleted since and not live now (in the order of its first such
-/// delete). Applying them to a copy of the table as of `since` gives the table as of the
-/// returned applied state. Tombstones live only on leader tables, kept back to the log's
-/// compaction point; `emit` returning false stops the walk with `Unavailable`.
+/// Calls `emit` for every change of the table `at` reads after revision `since`, all
+/// from its one instant: a `DeleteRange` per range deleted since (by revision), a `Put` per
+/// live key whose last write is newer (in key order), then a `Delete` per key deleted since
+/// and not live now (in the order of its first such delete). Applying them in that order
+/// to a copy of the table as of `since` gives the table as of the returned applied state.
+/// Tombstones live only on leader tables, kept back to the log's compaction point. Nothing
+/// is emitted unless the export can go ahead (see [`ChangesRead`]); `emit` returning false
+/// stops the walk with [`Error::ReceiverGone`].
 pub fn for_each_change(
-    engine: &Engine,
-    id: u64,
+    at: &TableAt<'_>,
     since: u64,
     mut emit: impl FnMut(Change) -> bool,
 ) -> Result<ChangesRead> {
-    let snap = engine.snapshot();
-    let horizon = truncated_index(engine, &snap, id)?;
+    let applied = at.applied()?;
+    if since > applied.index {
+        return Ok(ChangesRead::Ahead {
+            applied: applied.index,
+        });
+    }
+    let horizon = at.truncated_index()?;
     if since < horizon {
         return Ok(ChangesRead::BeforeHorizon { horizon });
     }
-    let applied = applied_state(engine, &snap, id)?;
-    walk_live(engine, &snap, id, |kv| {
-        kv.mod_revision as u64 <= since || emit(Change::Put(kv))
+    at.for_each_range_delete(since, |_, start, end| {
+        emit(Change::DeleteRange {
+            start: start.to_vec(),
+            end: (!end.is_empty()).then(|| end.to_vec()),
+        })
     })?;
-
-    let mut opts = ReadOptions::default();
-    opts.set_snapshot(&snap);
-    opts.set_iterate_upper_bound(keys::tombstones_end(id));
-    opts.fill_cache(false);
-    let mut iter = engine.raw_iter_opt(keys::CF_META, opts);
-    iter.seek(keys::tombstone_key(id, since.saturating_add(1), &[]));
-    let data_cf = engine.cf(keys::CF_DATA);
+    at.for_each_pair(|kv| kv.mod_revision as u64 <= since || emit(Change::Put(kv)))?;
     let mut deleted = std::collections::HashSet::new();
-    while let Some(k) = iter.key() {
-        let (_, key) = keys::tombstone_parts(k)
-            .ok_or_else(|| Error::Corrupt(format!("tombstone key of table {id}")))?;
-        if !deleted.contains(key) && snap.get_cf(data_cf, keys::data_key(id, key))?.is_none() {
-            deleted.insert(key.to_vec());
-            if !emit(Change::Delete(key.to_vec())) {
-                return Err(Error::Unavailable("snapshot receiver went away".into()));
+    let mut failed = None;
+    at.for_each_point_delete(since, |_, key| {
+        if deleted.contains(key) {
+            return true;
+        }
+        match at.is_live(key) {
+            Ok(true) => true,
+            Ok(false) => {
+                deleted.insert(key.to_vec());
+                emit(Change::Delete(key.to_vec()))
+            }
+            Err(e) => {
+                failed = Some(e);
+                false
             }
         }
-        iter.next();
-    }
-    iter_status(&iter)?;
+    })
+    .map_err(|e| failed.take().unwrap_or(e))?;
     Ok(ChangesRead::Done(applied))
 }
 
@@ -330,7 +270,7 @@ mod tests {
 
     fn changes(engine: &Engine, since: u64) -> (Vec<Change>, ChangesRead) {
         let mut out = Vec::new();
-        let read = for_each_change(engine, 7, since, |c| {
+        let read = for_each_change(&TableAt::new(engine, 7), since, |c| {
             out.push(c);
             true
         })
@@ -373,16 +313,48 @@ mod tests {
         assert_eq!(
             got,
             vec![
+                Change::DeleteRange {
+                    start: b"k3".to_vec(),
+                    end: Some(b"k5".to_vec())
+                },
                 put_of("k3", 9, 9),
                 put_of("k6", 7, 7),
                 Change::Delete(b"k2".to_vec()),
-                Change::Delete(b"k4".to_vec()),
             ],
             "k3 was deleted too, but is live again"
         );
+        // Applied in order to the table as of 5, the changes give the table as of 9.
+        let mut copy: std::collections::BTreeMap<Vec<u8>, i64> =
+            (1..=5).map(|i| (format!("k{i}").into_bytes(), i)).collect();
+        for change in got {
+            match change {
+                Change::DeleteRange { start, end } => {
+                    copy.retain(|k, _| !(*k >= start && end.as_ref().is_none_or(|e| k < e)))
+                }
+                Change::Put(kv) => {
+                    copy.insert(kv.key, kv.mod_revision);
+                }
+                Change::Delete(key) => {
+                    copy.remove(&key);
+                }
+            }
+        }
+        let mut now = std::collections::BTreeMap::new();
+        TableAt::new(&engine, 7)
+            .for_each_pair(|kv| {
+                now.insert(kv.key, kv.mod_revision);
+                true
+            })
+            .expect("walk");
+        assert_eq!(copy, now);
         let (all, _) = changes(&engine, 0);
-        assert_eq!(all.len(), 6, "4 live keys and 2 deleted ones: {all:?}");
+        assert_eq!(
+            all.len(),
+            6,
+            "a range, 4 live keys and a deleted one: {all:?}"
+        );
         assert_eq!(changes(&engine, 9).0, Vec::new(), "nothing after the tip");
+        assert_eq!(changes(&engine, 10).1, ChangesRead::Ahead { applied: 9 });
 
         // Once the log is compacted past 6, deletes up to it are forgotten.
         let mut batch = WriteBatch::default();

@@ -3,7 +3,19 @@
 //! [`execute`] is the pure logic over any [`KvRead`] (tested against an in-memory model);
 //! [`TableFsm::apply_entry`] runs it on RocksDB and writes the resulting key changes and
 //! the new [`AppliedState`] in **one** write batch.
+//!
+//! Two kinds of commands, told apart by whether they carry a leader index:
+//! - **Local** commands (a leader cluster's own writes) build the responses their
+//!   proposer gets, bounded by [`ResponseBudget`]: a command whose results cannot fit a
+//!   4 MiB response is refused as a whole, identically on every replica (same data, same
+//!   verdict), and changes nothing.
+//! - **Replicated** commands (a follower cluster applying its leader's log) build no
+//!   responses (the leader answered the writer) and are never refused for size: the
+//!   leader applied them, so must we. They arrive in a [replicated batch](encode_replicated)
+//!   that names the leader index it continues from; a batch that would skip commands (it
+//!   continues from beyond what this replica stored) is refused whole, never half-applied.
 
+use flotilla_proto::keys::is_all_sentinel;
 use flotilla_proto::mvcc::v1::{
     Command, KeyValue, RequestOp, ResponseOp, Txn, command::CommandType, compare, request_op,
     response_op,
@@ -13,9 +25,9 @@ use rocksdb::WriteBatch;
 
 use crate::applied::AppliedState;
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::keys;
-use crate::range::RangeQuery;
+use crate::range::{RangeQuery, ResponseBudget};
 use crate::values::StoredValue;
 use crate::view::{DbView, End, KvRead, Overlay};
 
@@ -30,6 +42,78 @@ pub struct ApplyOutput {
     pub succeeded: bool,
     /// The command was skipped because its leader index was already applied.
     pub skipped: bool,
+    /// The command was refused as a whole and changed nothing but the applied index.
+    pub refused: Option<Refusal>,
+}
+
+/// Why a committed command was refused (deterministically: every replica with the same
+/// state refuses it the same way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its results would exceed a response, or it is malformed; the text says which.
+    Invalid(String),
+    /// A replicated batch continues from a leader index beyond the one stored here.
+    Gap {
+        /// The leader index this replica holds.
+        stored: u64,
+        /// The leader index the batch continues from.
+        continues_from: u64,
+    },
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Invalid(msg) => Error::InvalidArgument(msg),
+            Refusal::Gap {
+                stored,
+                continues_from,
+            } => Error::ReplicationGap {
+                stored,
+                continues_from,
+            },
+        }
+    }
+}
+
+/// First bytes of a replicated batch entry. Like load markers (see `crate::import`) it
+/// starts with 0x00, which no protobuf message does, so it is never taken for a command.
+const REPLICATED_PREFIX: [u8; 2] = [0x00, b'R'];
+
+/// The log entry of a follower's replicated batch: `cmd` (a SEQUENCE of the leader's
+/// commands, each with its leader index) continues the leader's log from
+/// `continues_from`, the last leader index the puller had before it.
+pub fn encode_replicated(continues_from: u64, cmd: &Command) -> Vec<u8> {
+    let mut out = REPLICATED_PREFIX.to_vec();
+    out.extend_from_slice(&continues_from.to_be_bytes());
+    cmd.encode(&mut out)
+        .unwrap_or_else(|_| unreachable!("a Vec grows as needed"));
+    out
+}
+
+/// What a table log entry holds.
+enum Entry {
+    Empty,
+    Local(Command),
+    Replicated(u64, Command),
+}
+
+fn classify(table: u64, index: u64, data: &[u8]) -> Result<Entry> {
+    if data.is_empty() {
+        return Ok(Entry::Empty);
+    }
+    if let Some(rest) = data.strip_prefix(&REPLICATED_PREFIX[..]) {
+        let from = rest
+            .get(..8)
+            .and_then(keys::decode_u64)
+            .ok_or_else(|| Error::corrupt(table, format!("replicated batch at {index}")))?;
+        let cmd = Command::decode(&rest[8..])
+            .map_err(|e| Error::corrupt(table, format!("replicated batch at {index}: {e}")))?;
+        return Ok(Entry::Replicated(from, cmd));
+    }
+    Command::decode(data)
+        .map(Entry::Local)
+        .map_err(|e| Error::corrupt(table, format!("command at {index}: {e}")))
 }
 
 /// Applies committed entries of one table to RocksDB.
@@ -47,8 +131,8 @@ impl TableFsm {
 
     /// Applies the committed entry (`index`, `term`, `data`) and advances `state`, all in
     /// one RocksDB write. Empty `data` (raft's leader no-op) changes only the applied index.
-    /// An entry that does not decode is applied as a no-op on every replica alike, so the
-    /// replicas stay identical; the error is logged.
+    /// An entry that does not decode is an error: replaying it can only fail again, and
+    /// skipping it would let replicas differ.
     pub fn apply_entry(
         &self,
         index: u64,
@@ -63,21 +147,48 @@ impl TableFsm {
             term,
             ..*state
         };
-        let output = if data.is_empty() {
-            ApplyOutput {
+        let executed = match classify(self.table_id, index, data)? {
+            Entry::Empty => Ok(ApplyOutput {
                 revision: index,
                 succeeded: true,
                 ..Default::default()
+            }),
+            Entry::Local(cmd) => {
+                let mut budget = ResponseBudget::page();
+                execute(cmd, index, &mut overlay, &mut next, &mut budget)
             }
-        } else {
-            match Command::decode(data) {
-                Ok(cmd) => execute(cmd, index, &mut overlay, &mut next)?,
-                Err(e) => {
-                    tracing::error!(table = self.table_id, index, "undecodable command: {e}");
-                    ApplyOutput {
-                        revision: index,
-                        ..Default::default()
-                    }
+            Entry::Replicated(continues_from, cmd) => {
+                let stored = state.leader_index.unwrap_or(0);
+                if continues_from > stored {
+                    Err(Stop::Refused(Refusal::Gap {
+                        stored,
+                        continues_from,
+                    }))
+                } else {
+                    execute(
+                        cmd,
+                        index,
+                        &mut overlay,
+                        &mut next,
+                        &mut ResponseBudget::unlimited(),
+                    )
+                }
+            }
+        };
+        let output = match executed {
+            Ok(output) => output,
+            Err(Stop::Failed(e)) => return Err(e),
+            Err(Stop::Refused(refusal)) => {
+                overlay.clear();
+                next = AppliedState {
+                    index,
+                    term,
+                    ..*state
+                };
+                ApplyOutput {
+                    revision: index,
+                    refused: Some(refusal),
+                    ..Default::default()
                 }
             }
         };
@@ -88,20 +199,35 @@ impl TableFsm {
         // replicated from a leader cluster (it has a leader index) serves none, and its
         // revisions are the leader's, which its own log compaction could not age out.
         let keep_tombstones = next.leader_index.is_none();
-        for (key, value) in overlay.into_writes() {
-            let dkey = keys::data_key(self.table_id, &key);
+        let pending = overlay.into_writes();
+        let id = self.table_id;
+        // Range deletes first: every key write that survives one is newer than it.
+        for (start, end) in &pending.ranges {
+            let upper = match end {
+                Some(k) => keys::data_key(id, k),
+                None => keys::table_end(id),
+            };
+            batch.delete_range_cf(data_cf, keys::data_key(id, start), upper);
+            if keep_tombstones {
+                let end = end.as_deref().unwrap_or_default();
+                let tombstone = keys::range_tombstone_key(id, output.revision, start, end);
+                batch.put_cf(meta_cf, tombstone, []);
+            }
+        }
+        for (key, value) in pending.writes {
+            let dkey = keys::data_key(id, &key);
             match value {
                 Some(v) => batch.put_cf(data_cf, dkey, v.encode()),
                 None => {
                     batch.delete_cf(data_cf, dkey);
                     if keep_tombstones {
-                        let tombstone = keys::tombstone_key(self.table_id, output.revision, &key);
+                        let tombstone = keys::tombstone_key(id, output.revision, &key);
                         batch.put_cf(meta_cf, tombstone, []);
                     }
                 }
             }
         }
-        batch.put_cf(meta_cf, keys::applied_key(self.table_id), next.encode());
+        batch.put_cf(meta_cf, keys::applied_key(id), next.encode());
         // No sync: the raft log is durable, and replay restarts from the applied index
         // stored in this same batch.
         self.engine.write(batch, false)?;
@@ -110,14 +236,36 @@ impl TableFsm {
     }
 }
 
+/// Why executing a command stopped early.
+#[derive(Debug)]
+pub enum Stop {
+    /// The command is refused as a whole (see [`Refusal`]).
+    Refused(Refusal),
+    /// Storage failed: the state machine cannot go on.
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+fn refuse<T>(msg: impl Into<String>) -> Result<T, Stop> {
+    Err(Stop::Refused(Refusal::Invalid(msg.into())))
+}
+
 /// Applies `cmd` (raft `index`) to `view`, updating `state`'s leader index and GC horizon.
-/// Takes the command by value so keys and values move into the overlay uncopied.
+/// Responses spend `budget`; replicated commands (those carrying a leader index, and the
+/// commands of a SEQUENCE) build none. Takes the command by value so keys and values
+/// move into the overlay uncopied.
 pub fn execute<R: KvRead>(
     cmd: Command,
     index: u64,
     view: &mut Overlay<'_, R>,
     state: &mut AppliedState,
-) -> Result<ApplyOutput> {
+    budget: &mut ResponseBudget,
+) -> Result<ApplyOutput, Stop> {
     // A DUMMY carrying leader index 0 is a follower reset: forget the stored leader index
     // so the next pull starts from scratch (WIRE.md §5.9).
     if cmd.r#type() == CommandType::Dummy && cmd.leader_index == Some(0) {
@@ -144,9 +292,8 @@ pub fn execute<R: KvRead>(
     }
     if cmd.r#type() == CommandType::Sequence {
         for sub in cmd.sequence {
-            let sub_out = execute(sub, index, view, state)?;
+            let sub_out = execute(sub, index, view, state, budget)?;
             out.revision = sub_out.revision;
-            out.responses.extend(sub_out.responses);
         }
         if let Some(li) = cmd.leader_index {
             state.leader_index = Some(state.leader_index.map_or(li, |s| s.max(li)));
@@ -154,6 +301,7 @@ pub fn execute<R: KvRead>(
         }
         return Ok(out);
     }
+    let outputs = cmd.leader_index.is_none();
     if let Some(li) = cmd.leader_index {
         if state.leader_index.is_some_and(|stored| li <= stored) {
             out.skipped = true;
@@ -165,31 +313,45 @@ pub fn execute<R: KvRead>(
     }
     let rev = out.revision;
     let kind = cmd.r#type();
-    let kv = cmd.kv.unwrap_or_default();
+    let ops = Ops { rev, outputs };
     match kind {
         CommandType::Put => {
-            let prev = put(view, kv.key, kv.value, rev)?;
-            out.responses.push(put_response(prev, cmd.prev_kvs));
+            let Some(kv) = cmd.kv else {
+                return refuse("a PUT command without a key-value");
+            };
+            let prev = ops.put(view, kv.key, kv.value, cmd.prev_kvs, budget)?;
+            if outputs {
+                out.responses.push(put_response(prev));
+            }
         }
         CommandType::Delete => {
+            let Some(kv) = cmd.kv else {
+                return refuse("a DELETE command without a key");
+            };
             let end = cmd.range_end.unwrap_or_default();
-            let deleted = delete(view, &kv.key, &end)?;
-            out.responses
-                .push(delete_response(deleted, cmd.prev_kvs, cmd.count));
+            let deleted = ops.delete(view, &kv.key, &end, cmd.prev_kvs, cmd.count, budget)?;
+            if outputs {
+                out.responses.push(deleted);
+            }
         }
         CommandType::PutBatch => {
             for kv in cmd.batch {
-                put(view, kv.key, kv.value, rev)?;
+                ops.put(view, kv.key, kv.value, false, budget)?;
             }
         }
         CommandType::DeleteBatch => {
             for kv in &cmd.batch {
-                delete(view, &kv.key, &[])?;
+                ops.delete(view, &kv.key, &[], false, false, budget)?;
             }
         }
         CommandType::Txn => {
             let txn = cmd.txn.unwrap_or_default();
-            let (succeeded, responses) = execute_txn(view, txn, rev)?;
+            let mut txn_budget = if outputs {
+                ResponseBudget::txn(txn.success.len().max(txn.failure.len()))
+            } else {
+                ResponseBudget::unlimited()
+            };
+            let (succeeded, responses) = ops.txn(view, txn, &mut txn_budget)?;
             out.succeeded = succeeded;
             out.responses = responses;
         }
@@ -198,121 +360,197 @@ pub fn execute<R: KvRead>(
     Ok(out)
 }
 
-fn put<R: KvRead>(
-    view: &mut Overlay<'_, R>,
-    key: Vec<u8>,
-    value: Vec<u8>,
+/// The write ops of one command: its revision, and whether it builds responses.
+#[derive(Debug, Clone, Copy)]
+struct Ops {
     rev: u64,
-) -> Result<Option<KeyValue>> {
-    let prev = view.get(&key)?;
-    let create_revision = prev.as_ref().map_or(rev, |p| p.create_revision);
-    let prev_kv = prev.map(|p| KeyValue {
-        key: key.clone(),
-        create_revision: p.create_revision as i64,
-        mod_revision: p.mod_revision as i64,
-        value: p.value,
-    });
-    view.put(
-        key,
-        StoredValue {
-            create_revision,
-            mod_revision: rev,
-            value,
-        },
-    );
-    Ok(prev_kv)
+    outputs: bool,
 }
 
-fn put_response(prev: Option<KeyValue>, want_prev: bool) -> ResponseOp {
+impl Ops {
+    /// Writes `key`; returns its previous pair when `want_prev` (and responses are built).
+    fn put<R: KvRead>(
+        self,
+        view: &mut Overlay<'_, R>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        want_prev: bool,
+        budget: &mut ResponseBudget,
+    ) -> Result<Option<KeyValue>, Stop> {
+        let prev = view.get(&key)?;
+        let create_revision = prev.as_ref().map_or(self.rev, |p| p.create_revision);
+        let prev_kv = match prev {
+            Some(p) if want_prev && self.outputs => {
+                let kv = KeyValue {
+                    key: key.clone(),
+                    create_revision: p.create_revision as i64,
+                    mod_revision: p.mod_revision as i64,
+                    value: p.value,
+                };
+                if !budget.take(&kv, true) {
+                    return refuse("the previous values of this Txn's puts exceed 4 MiB");
+                }
+                Some(kv)
+            }
+            _ => None,
+        };
+        view.put(
+            key,
+            StoredValue {
+                create_revision,
+                mod_revision: self.rev,
+                value,
+            },
+        );
+        Ok(prev_kv)
+    }
+
+    /// Deletes the live keys of `[key, end)` (only `key` if `end` is empty). A range is
+    /// deleted without reading it unless its keys are to be counted or returned.
+    fn delete<R: KvRead>(
+        self,
+        view: &mut Overlay<'_, R>,
+        key: &[u8],
+        end: &[u8],
+        prev_kv: bool,
+        count: bool,
+        budget: &mut ResponseBudget,
+    ) -> Result<ResponseOp, Stop> {
+        let (prev_kv, count) = (prev_kv && self.outputs, count && self.outputs);
+        let mut deleted = 0i64;
+        let mut prev_kvs = Vec::new();
+        let mut over_budget = false;
+        let mut found = |k: &[u8], v: &StoredValue| {
+            deleted += 1;
+            if prev_kv {
+                let kv = KeyValue {
+                    key: k.to_vec(),
+                    create_revision: v.create_revision as i64,
+                    mod_revision: v.mod_revision as i64,
+                    value: v.value.clone(),
+                };
+                if !budget.take(&kv, prev_kvs.is_empty()) {
+                    over_budget = true;
+                    return false;
+                }
+                prev_kvs.push(kv);
+            }
+            true
+        };
+        if end.is_empty() {
+            if let Some(v) = view.get(key)? {
+                found(key, &v);
+                view.delete(key.to_vec());
+            }
+        } else {
+            let end = if is_all_sentinel(end) {
+                End::TableEnd
+            } else {
+                End::Key(end)
+            };
+            if prev_kv || count {
+                view.scan(key, end, &mut found)?;
+            }
+            view.delete_range(key, end);
+        }
+        if over_budget {
+            return refuse(
+                "the deleted pairs exceed 4 MiB: delete in smaller ranges, or without prev_kv",
+            );
+        }
+        let reported = if prev_kv || count { deleted } else { 0 };
+        Ok(ResponseOp {
+            response: Some(response_op::Response::ResponseDeleteRange(
+                response_op::DeleteRange {
+                    deleted: reported,
+                    prev_kvs,
+                },
+            )),
+        })
+    }
+
+    /// Evaluates the guard and runs the chosen branch; returns (guard result, responses).
+    fn txn<R: KvRead>(
+        self,
+        view: &mut Overlay<'_, R>,
+        txn: Txn,
+        budget: &mut ResponseBudget,
+    ) -> Result<(bool, Vec<ResponseOp>), Stop> {
+        let mut succeeded = true;
+        for cmp in &txn.compare {
+            if !compare_holds(view, cmp)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { txn.success } else { txn.failure };
+        let mut responses = Vec::with_capacity(if self.outputs { ops.len() } else { 0 });
+        for op in ops {
+            if let Some(response) = self.op(view, op, budget)? {
+                responses.push(response);
+            }
+        }
+        Ok((succeeded, responses))
+    }
+
+    fn op<R: KvRead>(
+        self,
+        view: &mut Overlay<'_, R>,
+        op: RequestOp,
+        budget: &mut ResponseBudget,
+    ) -> Result<Option<ResponseOp>, Stop> {
+        let response = match op.request {
+            // A read changes nothing: replicated commands skip it.
+            Some(request_op::Request::RequestRange(_)) if !self.outputs => return Ok(None),
+            Some(request_op::Request::RequestRange(r)) => {
+                let query = RangeQuery {
+                    key: r.key,
+                    range_end: r.range_end,
+                    limit: r.limit.max(0) as u64,
+                    keys_only: r.keys_only,
+                    // inside a Txn keys_only wins silently (WIRE.md §5.2)
+                    count_only: r.count_only && !r.keys_only,
+                    ..Default::default()
+                };
+                let page = query.read_page(view, budget)?;
+                ResponseOp {
+                    response: Some(response_op::Response::ResponseRange(response_op::Range {
+                        kvs: page.kvs,
+                        more: page.more,
+                        count: page.count as i64,
+                    })),
+                }
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                put_response(self.put(view, p.key, p.value, p.prev_kv, budget)?)
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                self.delete(view, &d.key, &d.range_end, d.prev_kv, d.count, budget)?
+            }
+            None => ResponseOp { response: None },
+        };
+        Ok(self.outputs.then_some(response))
+    }
+}
+
+fn put_response(prev_kv: Option<KeyValue>) -> ResponseOp {
     ResponseOp {
         response: Some(response_op::Response::ResponsePut(response_op::Put {
-            prev_kv: prev.filter(|_| want_prev),
+            prev_kv,
         })),
     }
 }
 
-/// Deletes the live keys of `[key, end)` (single key if `end` is empty) and returns them.
-fn delete<R: KvRead>(view: &mut Overlay<'_, R>, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>> {
-    let query = RangeQuery {
-        key: key.to_vec(),
-        range_end: end.to_vec(),
-        ..Default::default()
+/// Evaluates a read-only Txn (every op a Range) against `view`, e.g. one RocksDB snapshot,
+/// within one response's budget.
+pub fn read_txn<R: KvRead>(view: &R, txn: Txn) -> Result<(bool, Vec<ResponseOp>), Stop> {
+    let mut overlay = Overlay::new(view);
+    let mut budget = ResponseBudget::txn(txn.success.len().max(txn.failure.len()));
+    let ops = Ops {
+        rev: 0,
+        outputs: true,
     };
-    let found = query.read_page(view, usize::MAX)?.kvs;
-    for kv in &found {
-        view.delete(kv.key.clone());
-    }
-    Ok(found)
-}
-
-fn delete_response(deleted: Vec<KeyValue>, prev_kv: bool, count: bool) -> ResponseOp {
-    let n = if prev_kv || count {
-        deleted.len() as i64
-    } else {
-        0
-    };
-    ResponseOp {
-        response: Some(response_op::Response::ResponseDeleteRange(
-            response_op::DeleteRange {
-                deleted: n,
-                prev_kvs: if prev_kv { deleted } else { Vec::new() },
-            },
-        )),
-    }
-}
-
-/// Evaluates the guard and runs the chosen branch; returns (guard result, responses).
-pub fn execute_txn<R: KvRead>(
-    view: &mut Overlay<'_, R>,
-    txn: Txn,
-    rev: u64,
-) -> Result<(bool, Vec<ResponseOp>)> {
-    let mut succeeded = true;
-    for cmp in &txn.compare {
-        if !compare_holds(view, cmp)? {
-            succeeded = false;
-            break;
-        }
-    }
-    let ops = if succeeded { txn.success } else { txn.failure };
-    let mut responses = Vec::with_capacity(ops.len());
-    for op in ops {
-        responses.push(execute_op(view, op, rev)?);
-    }
-    Ok((succeeded, responses))
-}
-
-fn execute_op<R: KvRead>(view: &mut Overlay<'_, R>, op: RequestOp, rev: u64) -> Result<ResponseOp> {
-    Ok(match op.request {
-        Some(request_op::Request::RequestRange(r)) => {
-            let query = RangeQuery {
-                key: r.key,
-                range_end: r.range_end,
-                limit: r.limit.max(0) as u64,
-                keys_only: r.keys_only,
-                // inside a Txn keys_only wins silently (WIRE.md §5.2)
-                count_only: r.count_only && !r.keys_only,
-                ..Default::default()
-            };
-            let page = query.read_page(view, usize::MAX)?;
-            ResponseOp {
-                response: Some(response_op::Response::ResponseRange(response_op::Range {
-                    kvs: page.kvs,
-                    more: page.more,
-                    count: page.count as i64,
-                })),
-            }
-        }
-        Some(request_op::Request::RequestPut(p)) => {
-            let prev = put(view, p.key, p.value, rev)?;
-            put_response(prev, p.prev_kv)
-        }
-        Some(request_op::Request::RequestDeleteRange(d)) => {
-            let deleted = delete(view, &d.key, &d.range_end)?;
-            delete_response(deleted, d.prev_kv, d.count)
-        }
-        None => ResponseOp { response: None },
-    })
+    ops.txn(&mut overlay, txn, &mut budget)
 }
 
 /// One guard predicate (WIRE.md §5.4).
@@ -336,7 +574,7 @@ pub fn compare_holds(view: &impl KvRead, cmp: &flotilla_proto::mvcc::v1::Compare
     if cmp.range_end.is_empty() {
         return Ok(view.get(&cmp.key)?.is_some_and(|v| holds(&v.value)));
     }
-    let end = if flotilla_proto::keys::is_all_sentinel(&cmp.range_end) {
+    let end = if is_all_sentinel(&cmp.range_end) {
         End::TableEnd
     } else {
         End::Key(&cmp.range_end)

@@ -34,6 +34,19 @@ impl Fixture {
             .expect("apply")
     }
 
+    /// Applies `cmd` as a follower's replicated batch continuing from `continues_from`.
+    fn apply_replicated(&mut self, continues_from: u64, cmd: &Command) -> ApplyOutput {
+        self.index += 1;
+        self.fsm
+            .apply_entry(
+                self.index,
+                1,
+                &encode_replicated(continues_from, cmd),
+                &mut self.state,
+            )
+            .expect("apply")
+    }
+
     fn get(&self, key: &str) -> Option<StoredValue> {
         DbView::new(&self.engine, 42)
             .get(key.as_bytes())
@@ -83,6 +96,14 @@ fn delete_cmd(k: &str, end: Option<&str>) -> Command {
     }
 }
 
+fn delete_response(prev_kvs: Vec<KeyValue>, deleted: i64) -> ResponseOp {
+    ResponseOp {
+        response: Some(response_op::Response::ResponseDeleteRange(
+            response_op::DeleteRange { deleted, prev_kvs },
+        )),
+    }
+}
+
 fn value_cmp(k: &str, op: CompareResult, v: Option<&str>) -> Compare {
     Compare {
         result: op as i32,
@@ -107,7 +128,7 @@ fn put_keeps_create_revision_and_returns_prev() {
     let mut f = Fixture::new();
     let out = f.apply(&put_cmd("a", "1"));
     assert_eq!(out.revision, 1);
-    assert_eq!(out.responses, vec![put_response(None, true)]);
+    assert_eq!(out.responses, vec![put_response(None)]);
     let out = f.apply(&put_cmd("a", "2"));
     let Some(response_op::Response::ResponsePut(p)) = &out.responses[0].response else {
         panic!("not a put response")
@@ -140,8 +161,7 @@ fn delete_single_range_and_to_end() {
                 mod_revision: 1,
                 value: b"a".to_vec()
             }],
-            true,
-            true
+            1
         )]
     );
     let out = f.apply(&delete_cmd("b", Some("c")));
@@ -164,7 +184,7 @@ fn delete_without_count_or_prev_reports_zero() {
     cmd.count = false;
     cmd.prev_kvs = false;
     let out = f.apply(&cmd);
-    assert_eq!(out.responses, vec![delete_response(vec![], false, false)]);
+    assert_eq!(out.responses, vec![delete_response(vec![], 0)]);
     assert!(f.get("a").is_none());
 }
 
@@ -270,25 +290,50 @@ fn sequence_skips_already_applied_leader_indexes() {
         leader_index: Some(last),
         ..Default::default()
     };
-    f.apply(&seq(
-        vec![
-            with_li(put_cmd("a", "1"), 10),
-            with_li(put_cmd("b", "1"), 11),
-        ],
-        11,
-    ));
+    f.apply_replicated(
+        0,
+        &seq(
+            vec![
+                with_li(put_cmd("a", "1"), 10),
+                with_li(put_cmd("b", "1"), 11),
+            ],
+            11,
+        ),
+    );
     // Overlapping re-delivery: 11 again (skipped) and 12 (new).
-    f.apply(&seq(
-        vec![
-            with_li(put_cmd("b", "stale"), 11),
-            with_li(put_cmd("c", "1"), 12),
-        ],
-        12,
-    ));
+    f.apply_replicated(
+        10,
+        &seq(
+            vec![
+                with_li(put_cmd("b", "stale"), 11),
+                with_li(put_cmd("c", "1"), 12),
+            ],
+            12,
+        ),
+    );
+    // A batch that continues from beyond what is stored would skip 13..=14: refused
+    // whole, nothing applied, the leader index unchanged.
+    let out = f.apply_replicated(14, &seq(vec![with_li(put_cmd("d", "1"), 15)], 15));
+    assert_eq!(
+        out.refused,
+        Some(Refusal::Gap {
+            stored: 12,
+            continues_from: 14
+        })
+    );
+    assert!(f.get("d").is_none());
+    assert_eq!(f.state.leader_index, Some(12));
+    assert_eq!(
+        f.state.index, f.index,
+        "a refused batch still consumes its index"
+    );
     assert_eq!(f.state.leader_index, Some(12));
     let b = f.get("b").expect("b");
     assert_eq!((b.value, b.mod_revision), (b"1".to_vec(), 11));
     assert_eq!(f.get("c").map(|v| v.create_revision), Some(12));
+    // Replicated commands build no responses: the leader answered the writer.
+    let out = f.apply_replicated(12, &seq(vec![with_li(put_cmd("e", "1"), 13)], 13));
+    assert!(out.responses.is_empty());
     // DUMMY with leader index 0 resets it (follower Reset).
     f.apply(&Command {
         r#type: CommandType::Dummy as i32,
@@ -326,7 +371,7 @@ fn dummy_gc_and_empty_entries_only_advance_state() {
         .get(keys::CF_META, &keys::applied_key(42))
         .expect("get")
         .expect("present");
-    assert_eq!(AppliedState::decode(&stored).expect("decode"), f.state);
+    assert_eq!(AppliedState::decode(42, &stored).expect("decode"), f.state);
 }
 
 #[test]
@@ -344,6 +389,81 @@ fn a_replicated_gc_records_the_horizon_and_the_sequence_the_leader_index() {
     });
     assert_eq!(f.state.gc_horizon, 9);
     assert_eq!(f.state.leader_index, Some(9));
+}
+
+#[test]
+fn undecodable_entries_are_errors_naming_the_table() {
+    let mut f = Fixture::new();
+    let err = f
+        .fsm
+        .apply_entry(1, 1, &[0xff, 0xff, 0xff], &mut f.state)
+        .expect_err("garbage must not apply");
+    assert!(
+        matches!(err, Error::Corrupt { table: 42, .. }),
+        "unexpected error {err:?}"
+    );
+    let err = f
+        .fsm
+        .apply_entry(1, 1, &[0x00, b'R', 1, 2], &mut f.state)
+        .expect_err("a cut replicated batch must not apply");
+    assert!(matches!(err, Error::Corrupt { table: 42, .. }));
+    assert_eq!(f.state.index, 0);
+}
+
+#[test]
+fn a_delete_range_whose_prev_kvs_exceed_a_response_is_refused_and_changes_nothing() {
+    let mut f = Fixture::new();
+    let big = "x".repeat(1 << 20);
+    for k in ["a", "b", "c", "d", "e"] {
+        f.apply(&put_cmd(k, &big));
+    }
+    let before = f.dump();
+    let out = f.apply(&delete_cmd("a", Some("\0")));
+    assert!(
+        matches!(out.refused, Some(Refusal::Invalid(_))),
+        "{:?}",
+        out.refused
+    );
+    assert_eq!(f.dump(), before);
+    // Without prev_kv the same range is deleted (by a range deletion, unread).
+    let mut cmd = delete_cmd("a", Some("\0"));
+    cmd.prev_kvs = false;
+    let out = f.apply(&cmd);
+    assert_eq!(out.refused, None);
+    assert!(f.dump().is_empty());
+}
+
+#[test]
+fn a_txn_whose_ranges_exceed_a_response_is_cut_with_more() {
+    let mut f = Fixture::new();
+    let big = "y".repeat(3 << 20);
+    f.apply(&put_cmd("a", &big));
+    f.apply(&put_cmd("b", &big));
+    let range = |k: &str| RequestOp {
+        request: Some(request_op::Request::RequestRange(request_op::Range {
+            key: k.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    };
+    let out = f.apply(&Command {
+        r#type: CommandType::Txn as i32,
+        txn: Some(Txn {
+            success: vec![put_op("c", "1"), range("a"), range("b")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_eq!(out.refused, None);
+    assert!(f.get("c").is_some());
+    let encoded: usize = out.responses.iter().map(|r| r.encoded_len() + 8).sum();
+    assert!(encoded <= crate::range::MAX_RESPONSE_BYTES, "{encoded}");
+    let Some(response_op::Response::ResponseRange(second)) = &out.responses[2].response else {
+        panic!("not a range response")
+    };
+    assert!(
+        second.kvs.is_empty() && second.more,
+        "the range that did not fit says more"
+    );
 }
 
 // ---- property test: TableFsm against a BTreeMap model ----
@@ -497,6 +617,9 @@ fn apply_model(m: &mut Model, leader_index: &mut Option<u64>, op: &Op, rev: u64)
             }
         }
         Op::Seq(puts, li) => {
+            if *li > leader_index.unwrap_or(0) {
+                return; // a gap: refused whole
+            }
             for (i, (k, v)) in puts.iter().enumerate() {
                 let l = li + 1 + i as u64;
                 if leader_index.is_some_and(|s| l <= s) {
@@ -521,11 +644,19 @@ proptest! {
         for op in &ops {
             let cmd = to_command(op);
             // Replays are part of the model: apply every Sequence twice.
-            let out = f.apply(&cmd);
+            let replicated_from = match op {
+                Op::Seq(_, li) => Some(*li),
+                _ => None,
+            };
+            let apply = |f: &mut Fixture| match replicated_from {
+                Some(from) => f.apply_replicated(from, &cmd),
+                None => f.apply(&cmd),
+            };
+            let out = apply(&mut f);
             apply_model(&mut model, &mut leader_index, op, f.index);
             prop_assert_eq!(out.revision >= 1, true);
-            if matches!(op, Op::Seq(..)) {
-                f.apply(&cmd);
+            if replicated_from.is_some() {
+                apply(&mut f);
             }
             prop_assert_eq!(&f.dump(), &model);
             prop_assert_eq!(f.state.leader_index, leader_index);

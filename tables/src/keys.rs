@@ -13,9 +13,10 @@
 //! | meta   | `id ++ 0x01`                          | applied state                  |
 //! | meta   | `id ++ 0x02`                          | raft `ConfState` (protobuf)    |
 //! | meta   | `id ++ 0x03 ++ revision(be) ++ user_key` | empty: `user_key` was deleted at `revision` (leader tables; incremental snapshots) |
+//! | meta   | `id ++ 0x04 ++ revision(be) ++ start ++ 0x00 ++ end` | empty: the live keys of `[start, end)` were deleted at `revision` (`end` empty: to the table's end) |
 //! | meta   | `CATALOG_ID ++ 0x10 ++ name`          | table id (be)                  |
 //! | meta   | `CATALOG_ID ++ 0x11 ++ id(be)`        | empty: a dropped table whose data still has to be removed |
-//! | meta   | `CATALOG_ID ++ 0x12 ++ id(be)`        | a raft snapshot of table `id` being installed (redone at start) |
+//! | meta   | `CATALOG_ID ++ 0x12 ++ id(be)`        | table `id`'s data being replaced from a staged file (redone at start) |
 
 /// Column family holding user keys and values.
 pub const CF_DATA: &str = "data";
@@ -35,9 +36,10 @@ const RAFT_TRUNCATED: u8 = 0x03;
 const META_APPLIED: u8 = 0x01;
 const META_CONF_STATE: u8 = 0x02;
 const META_TOMBSTONE: u8 = 0x03;
+const META_RANGE_TOMBSTONE: u8 = 0x04;
 const META_CATALOG_TABLE: u8 = 0x10;
 const META_CATALOG_DROPPED: u8 = 0x11;
-const META_SNAPSHOT_INSTALL: u8 = 0x12;
+const META_REPLACE: u8 = 0x12;
 
 fn with_id(id: u64, extra: usize) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + extra);
@@ -118,7 +120,7 @@ pub fn tombstone_key(id: u64, revision: u64, user_key: &[u8]) -> Vec<u8> {
     key
 }
 
-/// Exclusive end of table `id`'s tombstones.
+/// Exclusive end of table `id`'s point tombstones.
 pub fn tombstones_end(id: u64) -> Vec<u8> {
     prefix_end(&suffixed(id, META_TOMBSTONE))
 }
@@ -127,6 +129,39 @@ pub fn tombstones_end(id: u64) -> Vec<u8> {
 pub fn tombstone_parts(key: &[u8]) -> Option<(u64, &[u8])> {
     let revision = decode_u64(key.get(9..17)?)?;
     Some((revision, &key[17..]))
+}
+
+/// Meta-family key recording that the live keys of `[start, end)` of table `id` were
+/// deleted at `revision` (`end` empty: to the end of the table). User keys never hold
+/// 0x00, so it separates the two. Sorted by revision, like point tombstones.
+pub fn range_tombstone_key(id: u64, revision: u64, start: &[u8], end: &[u8]) -> Vec<u8> {
+    let mut key = suffixed(id, META_RANGE_TOMBSTONE);
+    key.reserve(9 + start.len() + end.len());
+    key.extend_from_slice(&revision.to_be_bytes());
+    key.extend_from_slice(start);
+    key.push(0);
+    key.extend_from_slice(end);
+    key
+}
+
+/// First [`range_tombstone_key`] of table `id` at or after `revision`.
+pub fn range_tombstones_from(id: u64, revision: u64) -> Vec<u8> {
+    let mut key = suffixed(id, META_RANGE_TOMBSTONE);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
+
+/// Exclusive end of table `id`'s range tombstones.
+pub fn range_tombstones_end(id: u64) -> Vec<u8> {
+    prefix_end(&suffixed(id, META_RANGE_TOMBSTONE))
+}
+
+/// The revision, start and end inside a [`range_tombstone_key`].
+pub fn range_tombstone_parts(key: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    let revision = decode_u64(key.get(9..17)?)?;
+    let rest = key.get(17..)?;
+    let split = rest.iter().position(|b| *b == 0)?;
+    Some((revision, &rest[..split], &rest[split + 1..]))
 }
 
 /// Meta-family key of the catalog entry for table `name`.
@@ -153,19 +188,20 @@ pub fn catalog_dropped_prefix() -> Vec<u8> {
     suffixed(CATALOG_ID, META_CATALOG_DROPPED)
 }
 
-/// Meta-family key marking a raft snapshot of table `id` whose data is being installed.
-pub fn snapshot_install_key(id: u64) -> Vec<u8> {
-    let mut key = suffixed(CATALOG_ID, META_SNAPSHOT_INSTALL);
+/// Meta-family key marking that table `id`'s data is being replaced from a staged file
+/// (a raft snapshot or a loaded leader snapshot): redone when the node opens.
+pub fn replace_marker_key(id: u64) -> Vec<u8> {
+    let mut key = suffixed(CATALOG_ID, META_REPLACE);
     key.extend_from_slice(&id.to_be_bytes());
     key
 }
 
-/// Prefix of all snapshot-install markers.
-pub fn snapshot_install_prefix() -> Vec<u8> {
-    suffixed(CATALOG_ID, META_SNAPSHOT_INSTALL)
+/// Prefix of all replace markers.
+pub fn replace_marker_prefix() -> Vec<u8> {
+    suffixed(CATALOG_ID, META_REPLACE)
 }
 
-/// The table id inside a dropped or snapshot-install marker key.
+/// The table id inside a dropped-table or replace marker key.
 pub fn marker_id(key: &[u8]) -> Option<u64> {
     decode_u64(key.get(9..)?)
 }
@@ -230,13 +266,25 @@ mod tests {
     }
 
     #[test]
+    fn range_tombstones_round_trip_sort_by_revision_and_follow_point_ones() {
+        let a = range_tombstone_key(4, 9, b"a", b"zz");
+        let b = range_tombstone_key(4, 10, b"", b"");
+        assert!(tombstones_end(4) <= range_tombstones_from(4, 0));
+        assert!(range_tombstones_from(4, 9) <= a && a < range_tombstones_from(4, 10));
+        assert!(a < b && b < range_tombstones_end(4) && range_tombstones_end(4) <= table_end(4));
+        assert_eq!(range_tombstone_parts(&a), Some((9, &b"a"[..], &b"zz"[..])));
+        assert_eq!(range_tombstone_parts(&b), Some((10, &b""[..], &b""[..])));
+        assert_eq!(range_tombstone_parts(&tombstone_key(4, 1, b"x")), None);
+    }
+
+    #[test]
     fn catalog_keys_stay_inside_the_catalog_range() {
         let k = catalog_table_key(b"\xff\xff");
         assert!(k >= table_start(CATALOG_ID) && k < table_end(CATALOG_ID));
         assert!(catalog_dropped_key(5) < prefix_end(&catalog_dropped_prefix()));
         assert!(catalog_table_key(b"t") < prefix_end(&catalog_table_prefix()));
-        let m = snapshot_install_key(77);
-        assert!(m >= snapshot_install_prefix() && m < prefix_end(&snapshot_install_prefix()));
+        let m = replace_marker_key(77);
+        assert!(m >= replace_marker_prefix() && m < prefix_end(&replace_marker_prefix()));
         assert_eq!(marker_id(&m), Some(77));
         assert_eq!(marker_id(&catalog_dropped_key(5)), Some(5));
     }

@@ -5,10 +5,12 @@
 //! it with a single fsync, then tells each group which of its readies are durable
 //! (raft-rs asynchronous ready). Many tables writing at once cost one fsync per round.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use rocksdb::WriteBatch;
 use tokio::sync::mpsc;
 
@@ -36,6 +38,14 @@ impl LogWrite {
         self.puts.is_empty() && self.delete_range.is_none()
     }
 
+    /// Bytes this write holds in memory until it is persisted.
+    fn bytes(&self) -> u64 {
+        self.puts
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
+
     /// Adds this write to `batch` (the range delete first, so puts inside it survive).
     pub fn add_to(&self, engine: &Engine, batch: &mut WriteBatch) {
         let cf = engine.cf(keys::CF_RAFT);
@@ -54,6 +64,7 @@ pub type Done = Box<dyn FnOnce(Result<()>) + Send>;
 
 struct Request {
     write: LogWrite,
+    bytes: u64,
     done: Done,
 }
 
@@ -72,6 +83,8 @@ pub struct LogWriterMetrics {
     pub writes: IntCounter,
     /// Time spent in each synced write.
     pub fsync_seconds: Histogram,
+    /// Bytes submitted and not yet persisted.
+    pub queued_bytes: IntGauge,
 }
 
 impl LogWriterMetrics {
@@ -93,10 +106,15 @@ impl LogWriterMetrics {
                 )
                 .buckets(prometheus::exponential_buckets(0.0001, 2.0, 16)?),
             )?,
+            queued_bytes: IntGauge::new(
+                "flotilla_log_writer_queued_bytes",
+                "Bytes of raft log writes submitted and not yet persisted",
+            )?,
         };
         registry.register(Box::new(m.fsync_rounds.clone()))?;
         registry.register(Box::new(m.writes.clone()))?;
         registry.register(Box::new(m.fsync_seconds.clone()))?;
+        registry.register(Box::new(m.queued_bytes.clone()))?;
         Ok(m)
     }
 }
@@ -106,7 +124,20 @@ impl LogWriterMetrics {
 #[derive(Clone)]
 pub struct LogWriter {
     tx: mpsc::UnboundedSender<Msg>,
+    queue: Arc<Queue>,
 }
+
+/// What is waiting for the disk, shared by the handles and the thread.
+#[derive(Debug)]
+struct Queue {
+    bytes: AtomicU64,
+    limit: u64,
+}
+
+/// Bytes of log writes the writer may hold before groups refuse new proposals (see
+/// [`LogWriter::is_overloaded`]). The queue never refuses a write itself: raft's own
+/// appends (and its acknowledgements) must always get through.
+pub const DEFAULT_QUEUE_LIMIT: u64 = 256 << 20;
 
 impl std::fmt::Debug for LogWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,26 +146,42 @@ impl std::fmt::Debug for LogWriter {
 }
 
 impl LogWriter {
-    /// Starts the writer thread.
+    /// Starts the writer thread; `queue_limit` is where [`LogWriter::is_overloaded`]
+    /// starts saying yes.
     pub fn start(
         engine: Engine,
         metrics: LogWriterMetrics,
+        queue_limit: u64,
     ) -> std::io::Result<(Self, JoinHandle<()>)> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue {
+            bytes: AtomicU64::new(0),
+            limit: queue_limit,
+        });
+        let thread_queue = queue.clone();
         let handle = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || run(engine, metrics, rx))?;
-        Ok((Self { tx }, handle))
+            .spawn(move || run(engine, metrics, thread_queue, rx))?;
+        Ok((Self { tx, queue }, handle))
     }
 
     /// Queues `write`; `done` runs once it is durable. Requests are persisted in the order
     /// submitted, so a group's acknowledgements arrive in its ready order.
     pub fn submit(&self, write: LogWrite, done: Done) {
+        let bytes = write.bytes();
+        self.queue.bytes.fetch_add(bytes, Ordering::Relaxed);
         if let Err(mpsc::error::SendError(Msg::Write(req))) =
-            self.tx.send(Msg::Write(Request { write, done }))
+            self.tx.send(Msg::Write(Request { write, bytes, done }))
         {
+            self.queue.bytes.fetch_sub(bytes, Ordering::Relaxed);
             (req.done)(Err(Error::ShuttingDown));
         }
+    }
+
+    /// Whether more is waiting for the disk than the limit: groups then refuse new
+    /// proposals (clients get RESOURCE_EXHAUSTED) until the disk catches up.
+    pub fn is_overloaded(&self) -> bool {
+        self.queue.bytes.load(Ordering::Relaxed) > self.queue.limit
     }
 
     /// Asks the thread to finish what was submitted and exit; later submissions fail
@@ -147,7 +194,12 @@ impl LogWriter {
 /// Most requests merged into one round; bounds the latency of the first one.
 const MAX_BATCH: usize = 4096;
 
-fn run(engine: Engine, metrics: LogWriterMetrics, mut rx: mpsc::UnboundedReceiver<Msg>) {
+fn run(
+    engine: Engine,
+    metrics: LogWriterMetrics,
+    queue: Arc<Queue>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+) {
     let span = tracing::info_span!("log_writer");
     let _guard = span.enter();
     let mut pending = Vec::with_capacity(256);
@@ -171,17 +223,22 @@ fn run(engine: Engine, metrics: LogWriterMetrics, mut rx: mpsc::UnboundedReceive
         if let Err(e) = &result {
             tracing::error!("raft log write failed: {e}");
         }
+        let done: u64 = pending.iter().map(|r| r.bytes).sum();
+        let left = queue.bytes.fetch_sub(done, Ordering::Relaxed) - done;
+        metrics
+            .queued_bytes
+            .set(i64::try_from(left).unwrap_or(i64::MAX));
         for req in pending.drain(..) {
-            let r = match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(Error::Unavailable(format!("raft log write failed: {e}"))),
-            };
-            (req.done)(r);
+            (req.done)(result.clone().map_err(Error::Storage));
         }
     }
 }
 
-fn write_round(engine: &Engine, metrics: &LogWriterMetrics, reqs: &[Request]) -> Result<()> {
+fn write_round(
+    engine: &Engine,
+    metrics: &LogWriterMetrics,
+    reqs: &[Request],
+) -> Result<(), rocksdb::Error> {
     metrics.writes.inc_by(reqs.len() as u64);
     if reqs.iter().all(|r| r.write.is_empty()) {
         return Ok(());
@@ -191,10 +248,10 @@ fn write_round(engine: &Engine, metrics: &LogWriterMetrics, reqs: &[Request]) ->
         req.write.add_to(engine, &mut batch);
     }
     if !reqs.iter().any(|r| r.write.sync) {
-        return engine.write(batch, false);
+        return engine.write_batch(batch, false);
     }
     let started = Instant::now();
-    engine.write(batch, true)?;
+    engine.write_batch(batch, true)?;
     metrics
         .fsync_seconds
         .observe(started.elapsed().as_secs_f64());

@@ -11,15 +11,18 @@ use prost::Message as _;
 use rocksdb::WriteBatch;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{self, CatalogCommand, CatalogListener, CatalogMachine, CatalogOutcome};
+use crate::catalog::{
+    self, CatalogCommand, CatalogEntry, CatalogListener, CatalogMachine, CatalogOutcome,
+};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::group::{self, GroupConfig, GroupHandle, GroupParts};
 use crate::import::SnapshotSource;
 use crate::keys::{self, CATALOG_ID};
-use crate::log_writer::{LogWriter, LogWriterMetrics};
+use crate::log_writer::{DEFAULT_QUEUE_LIMIT, LogWriter, LogWriterMetrics};
 use crate::metrics::TablesMetrics;
 use crate::raft_storage::{self, RaftStorage};
+use crate::replace;
 use crate::router::Router;
 use crate::snapshot;
 use crate::table::{Table, TableMachine};
@@ -59,11 +62,11 @@ struct Shared {
 struct Listener(Weak<Shared>);
 
 impl CatalogListener for Listener {
-    fn created(&self, id: u64, name: &str) {
+    fn created(&self, id: u64, name: &str, source_id: Option<u64>) {
         let Some(shared) = self.0.upgrade() else {
             return;
         };
-        match shared.open_table(id, name) {
+        match shared.open_table(id, name, source_id) {
             Ok(table) => {
                 // One replica, chosen by table id so that leadership spreads over the
                 // nodes, starts the election at once instead of all of them waiting out
@@ -107,12 +110,18 @@ impl CatalogListener for Listener {
 }
 
 impl Shared {
-    fn open_table(&self, id: u64, name: &str) -> Result<GroupHandle<crate::fsm::ApplyOutput>> {
+    fn open_table(
+        &self,
+        id: u64,
+        name: &str,
+        source_id: Option<u64>,
+    ) -> Result<GroupHandle<crate::fsm::ApplyOutput>> {
         let storage = RaftStorage::load(self.engine.clone(), id)?;
         let machine = TableMachine::load(
             self.engine.clone(),
             id,
             name,
+            self.config.group.node_id,
             self.config.snapshot_source.clone(),
         )?;
         let leader_index = machine.leader_index_cell();
@@ -137,6 +146,7 @@ impl Shared {
             handle.clone(),
             self.engine.clone(),
             leader_index,
+            source_id,
         );
         self.tables.insert(name.to_owned(), (table, cancel));
         Ok(handle)
@@ -168,29 +178,29 @@ impl Node {
         transport: Arc<dyn Transport>,
         registry: &Registry,
     ) -> Result<Self> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::Unavailable(format!("creating {}: {e}", config.data_dir.display()))
-        })?;
+        crate::files::create_dir(&config.data_dir)?;
         let engine = Engine::open(&config.data_dir)?;
-        // Finish interrupted snapshot installs first: one may belong to a table that was
-        // dropped since, whose data the erase below must then remove too.
+        // Finish interrupted replaces (snapshot installs, loads) first: one may belong to
+        // a table that was dropped since, whose data the erase below must then remove too.
+        replace::redo_replaces(&engine)?;
         let snapshot_dir = config.data_dir.join(SNAPSHOT_DIR);
-        snapshot::redo_installs(&engine, &snapshot_dir)?;
+        snapshot::clean_staging(&snapshot_dir);
         for id in catalog::dropped(&engine)? {
             tracing::info!(id, "erasing table dropped before the last stop");
             catalog::erase_dropped(&engine, id)?;
         }
-        let metrics_err = |e: prometheus::Error| Error::Unavailable(format!("metrics: {e}"));
+        let metrics_err = |e: prometheus::Error| Error::Startup(format!("metrics: {e}"));
         let metrics = TablesMetrics::new(registry).map_err(metrics_err)?;
         let lw_metrics = LogWriterMetrics::new(registry).map_err(metrics_err)?;
-        let (log_writer, log_writer_thread) = LogWriter::start(engine.clone(), lw_metrics)
-            .map_err(|e| Error::Unavailable(format!("starting log writer: {e}")))?;
+        let (log_writer, log_writer_thread) =
+            LogWriter::start(engine.clone(), lw_metrics, DEFAULT_QUEUE_LIMIT)
+                .map_err(|e| Error::Startup(format!("log writer thread: {e}")))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(config.raft_threads.max(1))
             .thread_name("raft")
             .enable_all()
             .build()
-            .map_err(|e| Error::Unavailable(format!("starting raft runtime: {e}")))?;
+            .map_err(|e| Error::Startup(format!("raft runtime: {e}")))?;
         if engine
             .get(keys::CF_META, &keys::conf_state_key(CATALOG_ID))?
             .is_none()
@@ -211,8 +221,8 @@ impl Node {
             router: Router::new(config.group.node_id, engine.clone(), snapshot_dir),
         });
         transport.attach(shared.router.clone());
-        for (name, id) in catalog::list(&engine)? {
-            shared.open_table(id, &name)?;
+        for entry in catalog::list(&engine)? {
+            shared.open_table(entry.id, &entry.name, entry.source_id)?;
         }
         let machine = CatalogMachine::load(
             engine.clone(),
@@ -254,17 +264,38 @@ impl Node {
 
     /// Creates table `name`; returns its id once it is ready for requests.
     pub async fn create_table(&self, name: &str) -> Result<u64> {
+        self.create(name, 0).await
+    }
+
+    /// Creates table `name` replicating the leader cluster's table `source_id` (follower
+    /// clusters); returns its id.
+    pub async fn create_replica(&self, name: &str, source_id: u64) -> Result<u64> {
+        self.create(name, source_id).await
+    }
+
+    async fn create(&self, name: &str, source_id: u64) -> Result<u64> {
         let cmd = CatalogCommand {
             op: CatalogCommand::CREATE,
             name: name.to_owned(),
+            source_id,
         };
         match self.catalog.propose(cmd.encode_to_vec()).await? {
             CatalogOutcome::Created(id) => Ok(id),
             CatalogOutcome::AlreadyExists => Err(Error::TableExists),
-            other => Err(Error::Unavailable(format!(
-                "unexpected catalog outcome {other:?}"
-            ))),
+            other => Err(Error::corrupt(
+                CATALOG_ID,
+                format!("a create answered {other:?}"),
+            )),
         }
+    }
+
+    /// Every table of the catalog as stored, including one whose group could not be
+    /// started here: what this cluster has, as opposed to what it serves right now.
+    pub async fn catalog(&self) -> Result<Vec<CatalogEntry>> {
+        let engine = self.shared.engine.clone();
+        tokio::task::spawn_blocking(move || catalog::list(&engine))
+            .await
+            .map_err(|e| Error::TaskFailed(e.to_string()))?
     }
 
     /// Drops table `name` and (in the background) erases its data.
@@ -272,13 +303,15 @@ impl Node {
         let cmd = CatalogCommand {
             op: CatalogCommand::DROP,
             name: name.to_owned(),
+            source_id: 0,
         };
         match self.catalog.propose(cmd.encode_to_vec()).await? {
             CatalogOutcome::Dropped(_) => Ok(()),
             CatalogOutcome::NotFound => Err(Error::TableNotFound),
-            other => Err(Error::Unavailable(format!(
-                "unexpected catalog outcome {other:?}"
-            ))),
+            other => Err(Error::corrupt(
+                CATALOG_ID,
+                format!("a drop answered {other:?}"),
+            )),
         }
     }
 

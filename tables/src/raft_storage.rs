@@ -50,6 +50,24 @@ fn encode_truncated(index: u64, term: u64) -> Vec<u8> {
     v
 }
 
+/// Decodes group `id`'s truncated-log state (index, term of the last compacted entry).
+pub fn decode_truncated(id: u64, bytes: &[u8]) -> Result<(u64, u64)> {
+    match (
+        bytes.get(..8).and_then(keys::decode_u64),
+        bytes.get(8..).and_then(keys::decode_u64),
+    ) {
+        (Some(index), Some(term)) => Ok((index, term)),
+        _ => Err(Error::corrupt(
+            id,
+            format!("truncated-log state of {} bytes", bytes.len()),
+        )),
+    }
+}
+
+fn corrupt(id: u64, what: &'static str) -> impl Fn(protobuf::ProtobufError) -> Error {
+    move |e| Error::corrupt(id, format!("{what}: {e}"))
+}
+
 /// Writes the initial raft state of a brand-new group into `batch`: its voters and an
 /// empty log. Written in the same batch as the catalog entry that creates the table.
 pub fn bootstrap(engine: &Engine, batch: &mut WriteBatch, id: u64, voters: &[u64]) {
@@ -69,19 +87,16 @@ impl RaftStorage {
     /// Loads group `id`'s raft state from the engine.
     pub fn load(engine: Engine, id: u64) -> Result<Self> {
         let hard_state = match engine.get(keys::CF_RAFT, &keys::hard_state_key(id))? {
-            Some(b) => HardState::parse_from_bytes(&b)?,
+            Some(b) => HardState::parse_from_bytes(&b).map_err(corrupt(id, "hard state"))?,
             None => HardState::default(),
         };
         let conf_state = match engine.get(keys::CF_META, &keys::conf_state_key(id))? {
-            Some(b) => ConfState::parse_from_bytes(&b)?,
-            None => return Err(Error::Corrupt(format!("group {id} has no conf state"))),
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(corrupt(id, "conf state"))?,
+            None => return Err(Error::corrupt(id, "no conf state")),
         };
         let truncated = match engine.get(keys::CF_RAFT, &keys::truncated_key(id))? {
-            Some(b) if b.len() == 16 => (
-                keys::decode_u64(&b[..8]).unwrap_or(0),
-                keys::decode_u64(&b[8..]).unwrap_or(0),
-            ),
-            _ => (0, 0),
+            Some(b) => decode_truncated(id, &b)?,
+            None => return Err(Error::corrupt(id, "no truncated-log state")),
         };
         let mut last_index = truncated.0;
         let mut log_bytes = 0u64;
@@ -146,16 +161,17 @@ impl RaftStorage {
             encode_truncated(meta.index, meta.term),
         );
         // The snapshot replaces the data, and deletes older than it are no longer known.
+        let meta_cf = self.engine.cf(keys::CF_META);
         batch.delete_range_cf(
-            self.engine.cf(keys::CF_META),
+            meta_cf,
             keys::tombstone_key(self.id, 0, &[]),
-            keys::tombstones_end(self.id),
+            keys::range_tombstones_end(self.id),
         );
-        batch.put_cf(
-            self.engine.cf(keys::CF_META),
-            keys::conf_state_key(self.id),
-            meta.get_conf_state().write_to_bytes()?,
-        );
+        let conf_state = meta
+            .get_conf_state()
+            .write_to_bytes()
+            .map_err(corrupt(self.id, "conf state"))?;
+        batch.put_cf(meta_cf, keys::conf_state_key(self.id), conf_state);
         self.truncated = (meta.index, meta.term);
         self.last_index = meta.index;
         self.tail.clear();
@@ -211,7 +227,7 @@ impl RaftStorage {
                 ));
             }
             for e in entries {
-                let bytes = e.write_to_bytes()?;
+                let bytes = e.write_to_bytes().map_err(corrupt(self.id, "log entry"))?;
                 self.log_bytes += bytes.len() as u64;
                 write
                     .puts
@@ -221,9 +237,10 @@ impl RaftStorage {
             self.last_index = new_last;
         }
         if let Some(hs) = hard_state {
-            write
-                .puts
-                .push((keys::hard_state_key(self.id), hs.write_to_bytes()?));
+            let bytes = hs
+                .write_to_bytes()
+                .map_err(corrupt(self.id, "hard state"))?;
+            write.puts.push((keys::hard_state_key(self.id), bytes));
             self.hard_state = hs.clone();
         }
         Ok(write)
@@ -258,10 +275,16 @@ impl RaftStorage {
         );
         // Deletes up to the compaction point are forgotten with the log: an incremental
         // snapshot from before it is refused (the reader takes a full one).
+        let meta_cf = self.engine.cf(keys::CF_META);
         batch.delete_range_cf(
-            self.engine.cf(keys::CF_META),
+            meta_cf,
             keys::tombstone_key(self.id, 0, &[]),
             keys::tombstone_key(self.id, index + 1, &[]),
+        );
+        batch.delete_range_cf(
+            meta_cf,
+            keys::range_tombstones_from(self.id, 0),
+            keys::range_tombstones_from(self.id, index + 1),
         );
         self.engine.write(batch, false)?;
         let removed = index - self.truncated.0;
@@ -294,7 +317,10 @@ impl RaftStorage {
             .get(keys::CF_RAFT, &keys::raft_log_key(self.id, index))
             .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?
             .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-        Ok(Entry::parse_from_bytes(&bytes)?)
+        Entry::parse_from_bytes(&bytes).map_err(|e| {
+            let e = Error::corrupt(self.id, format!("log entry {index}: {e}"));
+            raft::Error::Store(StorageError::Other(Box::new(e)))
+        })
     }
 }
 
@@ -356,17 +382,19 @@ impl raft::Storage for RaftStorage {
     }
 
     /// Only the metadata: the transport streams the data itself from a RocksDB snapshot
-    /// taken when it sends (see [`crate::snapshot`]), so nothing large is built here.
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// taken when it sends (see [`crate::snapshot`]), so nothing large is built here. A
+    /// follower that asked for a snapshot (`request_index`, e.g. one that cannot load a
+    /// follower cluster's snapshot itself) gets one only once this replica has applied
+    /// that far; raft asks again until then.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
-        let applied = self
-            .engine
-            .get(keys::CF_META, &keys::applied_key(self.id))
-            .ok()
-            .flatten()
-            .and_then(|b| AppliedState::decode(&b).ok())
-            .ok_or_else(unavailable)?;
-        if applied.index == 0 {
+        let applied = match self.engine.get(keys::CF_META, &keys::applied_key(self.id)) {
+            Ok(Some(b)) => AppliedState::decode(self.id, &b)
+                .map_err(|e| raft::Error::Store(StorageError::Other(Box::new(e))))?,
+            Ok(None) => return Err(unavailable()),
+            Err(e) => return Err(raft::Error::Store(StorageError::Other(Box::new(e)))),
+        };
+        if applied.index == 0 || applied.index < request_index {
             return Err(unavailable());
         }
         let mut snapshot = Snapshot::default();

@@ -2,13 +2,86 @@
 
 use flotilla_proto::keys::is_all_sentinel;
 use flotilla_proto::mvcc::v1::KeyValue;
+use prost::Message as _;
 
 use crate::error::Result;
 use crate::view::{End, KvRead};
 
-/// Largest sum of key and value bytes in one response piece: 4 MiB less 1 KiB of room
-/// for framing, as Armada splits.
-pub const RESPONSE_BYTE_BUDGET: usize = 4 * 1024 * 1024 - 1024;
+/// Largest encoded response message a stock gRPC client accepts (4 MiB): no page, Txn
+/// response or returned set of previous values may be larger.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Room kept for everything of a response besides its key-values: the header (five
+/// varints), `more`, `count`, and for a Txn `succeeded`.
+pub const RESPONSE_OVERHEAD: usize = 128;
+
+/// Room kept per op of a Txn response for the framing of its `ResponseOp`.
+pub const TXN_OP_OVERHEAD: usize = 32;
+
+/// The encoded bytes a response may still spend on key-values (each counted with its
+/// protobuf framing), so the whole message stays within [`MAX_RESPONSE_BYTES`].
+#[derive(Debug, Clone)]
+pub struct ResponseBudget {
+    remaining: usize,
+    /// A standalone page takes its first pair even if it does not fit, so a (legacy)
+    /// oversized value never stalls a scan; within a Txn nothing is forced.
+    force_first: bool,
+}
+
+impl ResponseBudget {
+    /// The budget of one Range or IterateRange page.
+    pub fn page() -> Self {
+        Self {
+            remaining: MAX_RESPONSE_BYTES - RESPONSE_OVERHEAD,
+            force_first: true,
+        }
+    }
+
+    /// The budget of one Txn response with `ops` ops in its longer branch.
+    pub fn txn(ops: usize) -> Self {
+        Self {
+            remaining: (MAX_RESPONSE_BYTES - RESPONSE_OVERHEAD)
+                .saturating_sub(ops.saturating_mul(TXN_OP_OVERHEAD)),
+            force_first: false,
+        }
+    }
+
+    /// A budget of `bytes` (tests).
+    pub fn of(bytes: usize) -> Self {
+        Self {
+            remaining: bytes,
+            force_first: true,
+        }
+    }
+
+    /// No limit: for outputs nobody reads (commands replicated from a leader cluster).
+    pub fn unlimited() -> Self {
+        Self {
+            remaining: usize::MAX,
+            force_first: true,
+        }
+    }
+
+    /// Spends the framed size of `kv` if it fits (or if `first` and forcing is on).
+    pub fn take(&mut self, kv: &KeyValue, first: bool) -> bool {
+        let cost = framed_len(kv);
+        if cost <= self.remaining {
+            self.remaining -= cost;
+            true
+        } else if first && self.force_first {
+            self.remaining = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Encoded size of `kv` as an element of a repeated field: tag, length, message.
+pub fn framed_len(kv: &KeyValue) -> usize {
+    let len = kv.encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
 
 /// What to read. Keys follow WIRE.md §5.1: empty `range_end` is a single key, `[0]` as
 /// `range_end` means "to the end", `[0]` (or empty) as start with a range means "from the
@@ -72,16 +145,23 @@ impl RangeQuery {
         }
     }
 
-    /// Reads one piece of at most `byte_budget` key+value bytes (always at least one pair).
-    pub fn read_page(&self, view: &impl KvRead, byte_budget: usize) -> Result<RangePage> {
+    /// Reads one piece that fits `budget` (see [`ResponseBudget`]), spending from it.
+    pub fn read_page(&self, view: &impl KvRead, budget: &mut ResponseBudget) -> Result<RangePage> {
         let mut page = RangePage::default();
         if self.range_end.is_empty() {
             if let Some(v) = view.get(&self.key)?
                 && self.matches(v.create_revision, v.mod_revision)
             {
-                page.count = 1;
-                if !self.count_only {
-                    page.kvs.push(self.to_kv(&self.key, &v));
+                if self.count_only {
+                    page.count = 1;
+                } else {
+                    let kv = self.to_kv(&self.key, &v);
+                    if budget.take(&kv, true) {
+                        page.count = 1;
+                        page.kvs.push(kv);
+                    } else {
+                        page.more = true;
+                    }
                 }
             }
             return Ok(page);
@@ -91,7 +171,6 @@ impl RangeQuery {
         } else {
             self.limit
         };
-        let mut bytes = 0usize;
         view.scan(self.start(), self.end(), &mut |key, v| {
             if !self.matches(v.create_revision, v.mod_revision) {
                 return true;
@@ -101,14 +180,13 @@ impl RangeQuery {
                 return false;
             }
             if !self.count_only {
-                let size = key.len() + if self.keys_only { 0 } else { v.value.len() };
-                if !page.kvs.is_empty() && bytes + size > byte_budget {
+                let kv = self.to_kv(key, v);
+                if !budget.take(&kv, page.kvs.is_empty()) {
                     page.more = true;
                     page.resume_key = Some(key.to_vec());
                     return false;
                 }
-                bytes += size;
-                page.kvs.push(self.to_kv(key, v));
+                page.kvs.push(kv);
             }
             page.count += 1;
             true
@@ -180,22 +258,32 @@ mod tests {
     #[test]
     fn single_key_and_missing_key() {
         let v = view(&["a", "b"]);
-        let p = q("a", b"").read_page(&v, usize::MAX).expect("read");
+        let p = q("a", b"")
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!((keys_of(&p), p.count, p.more), (vec!["a".into()], 1, false));
         assert_eq!(p.kvs[0].create_revision, 1);
         assert_eq!(p.kvs[0].mod_revision, 10);
-        let p = q("zz", b"").read_page(&v, usize::MAX).expect("read");
+        let p = q("zz", b"")
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!((p.kvs.len(), p.count), (0, 0));
     }
 
     #[test]
     fn sentinels_select_whole_table() {
         let v = view(&["a", "b", "c"]);
-        let p = q("\0", b"\0").read_page(&v, usize::MAX).expect("read");
+        let p = q("\0", b"\0")
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!(p.count, 3);
-        let p = q("", b"c").read_page(&v, usize::MAX).expect("read");
+        let p = q("", b"c")
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!(keys_of(&p), vec!["a", "b"]);
-        let p = q("b", b"\0").read_page(&v, usize::MAX).expect("read");
+        let p = q("b", b"\0")
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!(keys_of(&p), vec!["b", "c"]);
     }
 
@@ -204,10 +292,14 @@ mod tests {
         let v = view(&["a", "b", "c"]);
         let mut query = q("a", b"\0");
         query.limit = 2;
-        let p = query.read_page(&v, usize::MAX).expect("read");
+        let p = query
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!((p.count, p.more), (2, true));
         query.limit = 3;
-        let p = query.read_page(&v, usize::MAX).expect("read");
+        let p = query
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!((p.count, p.more), (3, false));
     }
 
@@ -217,27 +309,38 @@ mod tests {
         let mut query = q("a", b"\0");
         query.count_only = true;
         query.limit = 2;
-        let p = query.read_page(&v, usize::MAX).expect("read");
+        let p = query
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!((p.kvs.len(), p.count, p.more), (0, 2, true));
         let mut query = q("a", b"\0");
         query.keys_only = true;
-        let p = query.read_page(&v, usize::MAX).expect("read");
+        let p = query
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert!(p.kvs.iter().all(|kv| kv.value.is_empty()));
     }
+
+    /// Framed size of one pair of `view`: key 1 byte, value 4, both revisions < 128.
+    const PAIR: usize = 2 + (2 + 1) + (2 + 4) + 2 + 2;
 
     #[test]
     fn byte_budget_pages_and_resumes_with_remaining_limit() {
         let v = view(&["a", "b", "c", "d"]);
         let mut query = q("a", b"\0");
         query.limit = 3;
-        // each pair is 1 + 4 bytes: a budget of 10 fits two.
-        let p1 = query.read_page(&v, 10).expect("read");
+        // a budget of two framed pairs fits two.
+        let p1 = query
+            .read_page(&v, &mut ResponseBudget::of(2 * PAIR))
+            .expect("read");
         assert_eq!(
             (keys_of(&p1), p1.more),
             (vec!["a".into(), "b".into()], true)
         );
         let next = query.next_page(&p1).expect("next page");
-        let p2 = next.read_page(&v, 10).expect("read");
+        let p2 = next
+            .read_page(&v, &mut ResponseBudget::of(2 * PAIR))
+            .expect("read");
         assert_eq!((keys_of(&p2), p2.more), (vec!["c".into()], true));
         assert!(
             next.next_page(&p2).is_none(),
@@ -251,7 +354,9 @@ mod tests {
         let mut query = q("a", b"\0");
         query.min_mod_revision = 11;
         query.max_create_revision = 2;
-        let p = query.read_page(&v, usize::MAX).expect("read");
+        let p = query
+            .read_page(&v, &mut ResponseBudget::unlimited())
+            .expect("read");
         assert_eq!(keys_of(&p), vec!["b"]);
     }
 }

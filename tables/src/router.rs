@@ -112,7 +112,9 @@ impl Router {
 
     /// Decodes a raft message (the raft crate's encoding) and delivers it.
     pub fn step_bytes(&self, group_id: u64, bytes: &[u8]) -> Result<()> {
-        self.step(group_id, Message::parse_from_bytes(bytes)?)
+        let msg = Message::parse_from_bytes(bytes)
+            .map_err(|e| Error::InvalidArgument(format!("undecodable raft message: {e}")))?;
+        self.step(group_id, msg)
     }
 
     /// Tells group `group_id` that `peer` could not be reached.
@@ -137,7 +139,10 @@ impl Router {
         msg: &Message,
         emit: impl FnMut(SnapshotChunk) -> bool,
     ) -> Result<()> {
-        snapshot::read_chunks(&self.inner.engine, group_id, msg.write_to_bytes()?, emit)
+        let message = msg
+            .write_to_bytes()
+            .map_err(|e| Error::SnapshotStream(format!("encoding the raft message: {e}")))?;
+        snapshot::read_chunks(&self.inner.engine, group_id, message, emit)
     }
 
     /// Stages a snapshot stream from a peer and hands it to its group. Blocking.

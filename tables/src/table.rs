@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flotilla_proto::mvcc::v1::{Command, KeyValue, ResponseOp, Txn};
+use flotilla_proto::mvcc::v1::{Command, ResponseOp, Txn};
 use prost::Message as _;
 use raft::eraftpb::Snapshot;
 use rocksdb::WriteBatch;
@@ -13,13 +13,13 @@ use crate::applied::AppliedState;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::export::{self, LogRead};
-use crate::fsm::{ApplyOutput, TableFsm, execute_txn};
+use crate::fsm::{self, ApplyOutput, Refusal, Stop, TableFsm};
 use crate::group::{GroupHandle, GroupStatus, StateMachine};
-use crate::import::{self, Fetch, LoadedSnapshot, SnapshotSource};
+use crate::import::{self, LoadMarker, LoadPlan, LoadedSnapshot, SnapshotSource, Wanted};
 use crate::keys;
-use crate::range::{RangePage, RangeQuery};
-use crate::snapshot;
-use crate::view::{DbView, Overlay};
+use crate::point_in_time::{OwnedTableAt, TableAt, TableDigest};
+use crate::range::{RangePage, RangeQuery, ResponseBudget};
+use crate::snapshot::{self, InstallJob};
 
 /// The state machine of a table group: [`TableFsm`] plus its applied state.
 #[derive(Debug)]
@@ -30,11 +30,16 @@ pub struct TableMachine {
     engine: Engine,
     id: u64,
     name: String,
+    /// This node's raft id (a load marker names the node holding its download).
+    node_id: u64,
     /// Where load markers fetch from (follower clusters only).
     source: Option<Arc<dyn SnapshotSource>>,
     /// The stored leader index (0 for none), published for [`Table::applied_leader_index`]
     /// before the group announces the apply, so waiters need no storage read.
     leader_index: Arc<AtomicU64>,
+    /// A replicated batch was refused as a gap: this replica's state is behind its
+    /// group's, and the group should ask its leader for a raft snapshot.
+    repair: bool,
 }
 
 impl TableMachine {
@@ -43,12 +48,10 @@ impl TableMachine {
         engine: Engine,
         id: u64,
         name: &str,
+        node_id: u64,
         source: Option<Arc<dyn SnapshotSource>>,
     ) -> Result<Self> {
-        let state = match engine.get(keys::CF_META, &keys::applied_key(id))? {
-            Some(b) => AppliedState::decode(&b)?,
-            None => AppliedState::default(),
-        };
+        let state = read_applied(&engine, id)?;
         Ok(Self {
             fsm: TableFsm::new(engine.clone(), id),
             leader_index: Arc::new(AtomicU64::new(state.leader_index.unwrap_or(0))),
@@ -56,7 +59,9 @@ impl TableMachine {
             engine,
             id,
             name: name.to_owned(),
+            node_id,
             source,
+            repair: false,
         })
     }
 
@@ -69,23 +74,59 @@ impl TableMachine {
         self.leader_index
             .store(self.state.leader_index.unwrap_or(0), Ordering::Release);
     }
+
+    /// Whether this replica skips `marker`: it already holds that leader index or a newer
+    /// one (loads never go back, except after a reset, which stores 0).
+    fn skips(&self, marker: &LoadMarker) -> bool {
+        self.state
+            .leader_index
+            .is_some_and(|stored| stored != 0 && stored >= marker.leader_index)
+    }
+}
+
+fn read_applied(engine: &Engine, id: u64) -> Result<AppliedState> {
+    match engine.get(keys::CF_META, &keys::applied_key(id))? {
+        Some(b) => AppliedState::decode(id, &b),
+        None => Ok(AppliedState::default()),
+    }
 }
 
 impl StateMachine for TableMachine {
     type Output = ApplyOutput;
 
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) -> Result<ApplyOutput> {
-        let output = self.fsm.apply_entry(index, term, data, &mut self.state);
+        // A load marker gets here only when this replica skips it: an empty entry.
+        let output = match import::decode_marker(self.id, data) {
+            Some(marker) => {
+                marker?;
+                let mut out = self.fsm.apply_entry(index, term, &[], &mut self.state)?;
+                out.skipped = true;
+                out.revision = self.state.leader_index.unwrap_or(0);
+                out
+            }
+            None => self.fsm.apply_entry(index, term, data, &mut self.state)?,
+        };
+        if matches!(output.refused, Some(Refusal::Gap { .. })) {
+            self.repair = true;
+        }
         self.publish();
-        output
+        Ok(output)
     }
 
     fn applied_index(&self) -> u64 {
         self.state.index
     }
 
-    fn install_snapshot(&mut self, snapshot: &Snapshot, raft_state: WriteBatch) -> Result<()> {
-        self.state = snapshot::install(&self.engine, self.id, raft_state, &snapshot.data)?;
+    fn snapshot_installer(
+        &self,
+        snapshot: &Snapshot,
+        raft_state: WriteBatch,
+    ) -> Result<InstallJob> {
+        snapshot::installer(&self.engine, self.id, raft_state, &snapshot.data)
+    }
+
+    fn reload(&mut self) -> Result<()> {
+        self.state = read_applied(&self.engine, self.id)?;
         self.publish();
         Ok(())
     }
@@ -102,43 +143,47 @@ impl StateMachine for TableMachine {
         })
     }
 
-    fn external_load(&self, data: &[u8]) -> Option<Fetch> {
-        // Never load anything older than this replica already holds: the worker goes on
-        // from where it was, so going back would lose the entries in between. A marker of
-        // 0 is a reset (Maintenance/Reset), which takes whatever the leader cluster has
-        // now, even less than before: that is how a follower recovers from a leader
-        // cluster with a shorter history (LEADER_BEHIND), e.g. one restored from a backup.
-        let marker = import::decode_marker(data)?;
-        let min_leader_index = match marker {
-            0 => 0,
-            floor => floor.max(self.state.leader_index.unwrap_or(0)),
-        };
-        match &self.source {
-            Some(source) => Some(source.fetch(&self.name, self.id, min_leader_index)),
-            None => {
-                tracing::warn!(
-                    table = self.name,
-                    "load marker on a node without a snapshot source"
-                );
-                None
-            }
+    fn external_load(&self, data: &[u8], exact: bool) -> Option<LoadPlan> {
+        let marker = import::decode_marker(self.id, data)?.ok()?;
+        if self.skips(&marker) {
+            return None;
         }
+        let Some(source) = &self.source else {
+            tracing::warn!(
+                table = self.name,
+                "a load marker on a node without a snapshot source; skipped"
+            );
+            return None;
+        };
+        // Only the node holding the download loads it (see `crate::import`); the others
+        // get the marker's state from their group, but for the last resort.
+        let fetch = if !exact {
+            Some(source.fetch(&self.name, self.id, Wanted::AtLeast(marker.leader_index)))
+        } else if marker.holder == self.node_id {
+            Some(source.fetch(&self.name, self.id, Wanted::Exactly(marker.leader_index)))
+        } else {
+            None
+        };
+        Some(LoadPlan { marker, fetch })
     }
 
-    fn apply_loaded(
-        &mut self,
+    fn load_installer(
+        &self,
         index: u64,
         term: u64,
         loaded: LoadedSnapshot,
-    ) -> Result<ApplyOutput> {
-        let revision = loaded.leader_index;
-        self.state = import::install(&self.engine, self.id, index, term, loaded, &self.state)?;
-        self.publish();
-        Ok(ApplyOutput {
-            revision,
+    ) -> Result<(InstallJob, ApplyOutput)> {
+        let output = ApplyOutput {
+            revision: loaded.leader_index,
             succeeded: true,
             ..Default::default()
-        })
+        };
+        let job = import::installer(&self.engine, self.id, index, term, loaded, &self.state);
+        Ok((job, output))
+    }
+
+    fn take_repair_request(&mut self) -> bool {
+        std::mem::take(&mut self.repair)
     }
 }
 
@@ -150,6 +195,8 @@ pub struct Table {
     engine: Engine,
     /// Published by the table's machine (see [`TableMachine::leader_index_cell`]).
     leader_index: Arc<AtomicU64>,
+    /// The leader cluster's id of the table this one replicates (follower clusters).
+    source_id: Option<u64>,
 }
 
 impl Table {
@@ -158,13 +205,20 @@ impl Table {
         group: GroupHandle<ApplyOutput>,
         engine: Engine,
         leader_index: Arc<AtomicU64>,
+        source_id: Option<u64>,
     ) -> Self {
         Self {
             name,
             group,
             engine,
             leader_index,
+            source_id,
         }
+    }
+
+    /// On a follower cluster, the leader cluster's id of the table this one replicates.
+    pub fn source_id(&self) -> Option<u64> {
+        self.source_id
     }
 
     /// The leader-cluster index this replica has applied (0 if none: leader clusters, or
@@ -188,9 +242,30 @@ impl Table {
         self.group.status()
     }
 
-    /// Replicates and applies `cmd`; returns once it is durable and applied.
+    /// Replicates and applies `cmd`; returns once it is durable and applied. A command
+    /// every replica refused (its results would not fit a response) is an error.
     pub async fn propose(&self, cmd: &Command) -> Result<ApplyOutput> {
-        self.group.propose(cmd.encode_to_vec()).await
+        self.propose_bytes(cmd.encode_to_vec()).await
+    }
+
+    async fn propose_bytes(&self, data: Vec<u8>) -> Result<ApplyOutput> {
+        let mut out = self.group.propose(data).await?;
+        match out.refused.take() {
+            Some(refusal) => Err(refusal.into()),
+            None => Ok(out),
+        }
+    }
+
+    /// Proposes a follower's batch of its leader's commands (a SEQUENCE, see
+    /// [`fsm::encode_replicated`]) continuing from leader index `continues_from`.
+    /// A batch that would leave a gap is refused ([`Error::ReplicationGap`]).
+    pub async fn propose_replicated(
+        &self,
+        continues_from: u64,
+        seq: &Command,
+    ) -> Result<ApplyOutput> {
+        self.propose_bytes(fsm::encode_replicated(continues_from, seq))
+            .await
     }
 
     /// Waits until everything committed before this call is applied here.
@@ -198,16 +273,15 @@ impl Table {
         self.group.read_barrier().await
     }
 
-    /// Proposes a load marker (see [`crate::import`]): every replica swaps in a snapshot
-    /// reflecting at least `min_leader_index`. Returns once this replica has; the output's
-    /// revision is the leader index it loaded.
-    pub async fn propose_load(&self, min_leader_index: u64) -> Result<ApplyOutput> {
-        self.group
-            .propose(import::encode_marker(min_leader_index))
-            .await
+    /// Proposes a load marker (see [`crate::import`]): every replica swaps in the state
+    /// at exactly `marker.leader_index`. Returns once this replica has; the output's
+    /// revision is the leader index it holds then.
+    pub async fn propose_load(&self, marker: LoadMarker) -> Result<ApplyOutput> {
+        self.propose_bytes(import::encode_marker(marker)).await
     }
 
-    /// The applied index, watched: changes as entries are applied here.
+    /// The applied index, watched: changes as entries are applied here. The receiver has
+    /// seen the current value.
     pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.group.applied_watch()
     }
@@ -215,13 +289,7 @@ impl Table {
     /// This replica's applied state as stored (applied index, stored leader index).
     pub async fn applied_state(&self) -> Result<AppliedState> {
         let (engine, id) = (self.engine.clone(), self.id());
-        blocking(
-            move || match engine.get(keys::CF_META, &keys::applied_key(id))? {
-                Some(b) => AppliedState::decode(&b),
-                None => Ok(AppliedState::default()),
-            },
-        )
-        .await
+        blocking(move || read_applied(&engine, id)).await
     }
 
     /// Committed commands from `from` to `to` (inclusive), about `max_bytes` at most.
@@ -230,20 +298,19 @@ impl Table {
         blocking(move || export::read_log(&engine, id, from, to, max_bytes)).await
     }
 
-    /// Walks every live key from one consistent snapshot (blocking: call it off the
-    /// reactor); returns the applied state the walk reflects.
-    pub fn export_blocking(&self, emit: impl FnMut(KeyValue) -> bool) -> Result<AppliedState> {
-        export::for_each_pair(&self.engine, self.id(), emit)
+    /// Runs `read` against this replica as of one instant (blocking: call it off the
+    /// reactor): full and incremental exports, whose applied state and data must agree.
+    pub fn read_at_blocking<T, E>(
+        &self,
+        read: impl FnOnce(&TableAt<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        read(&TableAt::new(&self.engine, self.id()))
     }
 
-    /// Walks what changed after revision `since` from one consistent snapshot (blocking:
-    /// call it off the reactor); see [`export::for_each_change`].
-    pub fn changes_blocking(
-        &self,
-        since: u64,
-        emit: impl FnMut(export::Change) -> bool,
-    ) -> Result<export::ChangesRead> {
-        export::for_each_change(&self.engine, self.id(), since, emit)
+    /// The digest of this replica's data (see [`TableDigest`]).
+    pub async fn digest(&self) -> Result<TableDigest> {
+        let (engine, id) = (self.engine.clone(), self.id());
+        blocking(move || TableAt::new(&engine, id).digest()).await
     }
 
     /// Waits until this replica has applied `index`.
@@ -257,25 +324,39 @@ impl Table {
     }
 
     /// Reads one page of `query` (off the async reactor).
-    pub async fn read_page(&self, query: RangeQuery, byte_budget: usize) -> Result<RangePage> {
-        let (engine, id) = (self.engine.clone(), self.id());
-        blocking(move || query.read_page(&DbView::new(&engine, id), byte_budget)).await
+    pub async fn read_page(&self, query: RangeQuery) -> Result<RangePage> {
+        let at = self.point_in_time();
+        read_page_at(at, query).await
     }
 
-    /// Evaluates a read-only Txn (every op a Range) against the local state.
+    /// This table as of now, to read several pages from one instant (IterateRange).
+    pub fn point_in_time(&self) -> Arc<OwnedTableAt> {
+        Arc::new(OwnedTableAt::new(self.engine.clone(), self.id()))
+    }
+
+    /// Evaluates a read-only Txn (every op a Range) against one instant of the local
+    /// state: every compare and range sees the same data.
     pub async fn read_txn(&self, txn: Txn) -> Result<(bool, Vec<ResponseOp>)> {
         let (engine, id) = (self.engine.clone(), self.id());
         blocking(move || {
-            let view = DbView::new(&engine, id);
-            execute_txn(&mut Overlay::new(&view), txn, 0)
+            let at = TableAt::new(&engine, id);
+            fsm::read_txn(&at.view(), txn).map_err(|stop| match stop {
+                Stop::Failed(e) => e,
+                Stop::Refused(r) => r.into(),
+            })
         })
         .await
     }
+}
+
+/// Reads one page of `query` from `at` (off the async reactor).
+pub async fn read_page_at(at: Arc<OwnedTableAt>, query: RangeQuery) -> Result<RangePage> {
+    blocking(move || at.read_page(&query, &mut ResponseBudget::page())).await
 }
 
 /// Runs blocking storage work on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Unavailable(format!("read task failed: {e}")))?
+        .map_err(|e| Error::TaskFailed(e.to_string()))?
 }

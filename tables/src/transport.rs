@@ -1,5 +1,5 @@
 //! How raft messages leave a node. The trait is the seam: the gRPC implementation lives in
-//! the server crate; [`crate::memory_network`] is the in-process one for tests.
+//! the server crate; `flotilla_testkit::memory_network` is the in-process one for tests.
 
 use raft::eraftpb::Message;
 

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_proto::mvcc::v1::{Command, KeyValue, command::CommandType};
 use flotilla_tables::group::GroupConfig;
-use flotilla_tables::memory_network::MemoryNetwork;
 use flotilla_tables::range::RangeQuery;
 use flotilla_tables::{Node, NodeConfig, Table};
+use flotilla_testkit::memory_network::MemoryNetwork;
 
 const IDS: [u64; 3] = [1, 2, 3];
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -196,11 +196,7 @@ async fn local_data(c: &Cluster, id: u64, name: &str) -> Data {
         range_end: vec![0],
         ..Default::default()
     };
-    let page = c
-        .table(id, name)
-        .read_page(all, usize::MAX)
-        .await
-        .expect("read");
+    let page = c.table(id, name).read_page(all).await.expect("read");
     page.kvs
         .into_iter()
         .map(|kv| (kv.key, (kv.value, kv.mod_revision)))
@@ -481,7 +477,7 @@ async fn a_write_forwarded_to_a_lost_leader_fails_fast_when_a_new_one_is_elected
         .expect("the caller hears back once a new leader is known")
         .expect("task");
     assert!(
-        matches!(outcome, Err(flotilla_tables::Error::ProposalDropped)),
+        matches!(outcome, Err(flotilla_tables::Error::OutcomeUnknown(_))),
         "outcome unknown, reported as such: {outcome:?}"
     );
     c.net.heal();

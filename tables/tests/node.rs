@@ -78,7 +78,7 @@ async fn compaction_bounds_the_log_and_restart_replays_from_it() {
         range_end: vec![0],
         ..Default::default()
     };
-    let page = table.read_page(all, usize::MAX).await.expect("read");
+    let page = table.read_page(all).await.expect("read");
     assert_eq!(page.count, 400);
     assert_eq!(
         page.kvs.last().map(|kv| kv.mod_revision as u64),
@@ -136,7 +136,7 @@ async fn the_applied_leader_index_is_published_and_survives_a_restart() {
     };
     sequence.sequence[0].leader_index = Some(41);
     sequence.sequence[1].leader_index = Some(42);
-    table.propose(&sequence).await.expect("apply");
+    table.propose_replicated(0, &sequence).await.expect("apply");
     assert_eq!(
         table.applied_leader_index(),
         42,

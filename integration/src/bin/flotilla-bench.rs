@@ -61,29 +61,11 @@ fn key(client: usize, i: u64, len: usize) -> Vec<u8> {
 }
 
 async fn fsync_counters(rest: &str) -> Result<(f64, f64), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(rest)
+    let body = flotilla_testkit::metrics::scrape(rest)
         .await
-        .map_err(|e| e.to_string())?;
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {rest}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
+        .ok_or(format!("reading /metrics on {rest}"))?;
     let get = |name: &str| {
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .ok_or(format!("{name} missing from /metrics"))
+        flotilla_testkit::metrics::value(&body, name).ok_or(format!("{name} missing from /metrics"))
     };
     Ok((
         get("flotilla_log_writer_fsync_rounds_total")?,

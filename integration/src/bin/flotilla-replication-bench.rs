@@ -117,26 +117,14 @@ async fn create_table(channel: &Channel, name: &str) -> Result<()> {
 
 /// The text of `GET /metrics` on `rest`.
 async fn metrics(rest: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(rest)
+    flotilla_testkit::metrics::scrape(rest)
         .await
-        .map_err(|e| format!("metrics on {rest}: {e}"))?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {rest}\r\n\r\n");
-    s.write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("metrics on {rest}: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .await
-        .map_err(|e| format!("metrics on {rest}: {e}"))?;
-    Ok(body)
+        .ok_or(format!("reading /metrics on {rest}"))
 }
 
 /// The value of `name{table="table"}` in a `/metrics` text.
 fn series(body: &str, name: &str, table: &str) -> Option<f64> {
-    let prefix = format!("{name}{{table=\"{table}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+    flotilla_testkit::metrics::value(body, &format!("{name}{{table=\"{table}\"}}"))
 }
 
 /// The value of the unlabelled series `name` in a `/metrics` text.

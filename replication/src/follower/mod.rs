@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_proto::mvcc::v1::Command;
+use flotilla_proto::mvcc::v1::command::CommandType;
 use flotilla_proto::regatta::v1::kv_client::KvClient;
 use flotilla_proto::replication::v1::MetadataRequest;
 use flotilla_proto::replication::v1::metadata_client::MetadataClient;
@@ -25,6 +27,7 @@ pub use metrics::ReplicationMetrics;
 pub use source::LeaderSnapshots;
 
 use crate::error::{Error, Result};
+use crate::identity;
 
 /// A lazily connecting channel to the leader cluster's replication address.
 pub fn leader_channel(address: &str) -> Result<Channel> {
@@ -113,9 +116,16 @@ impl Follower {
         self.shared.reconcile_now.notify_one();
     }
 
-    /// Re-pulls `table` from the leader cluster: every replica loads a fresh snapshot.
+    /// Re-pulls `table` from the leader cluster: a DUMMY with leader index 0 makes every
+    /// replica forget its leader index, and the worker then loads a fresh snapshot.
     pub async fn reset(&self, table: &Table) -> Result<()> {
-        table.propose_load(0).await?;
+        let reset = Command {
+            table: table.name().as_bytes().to_vec(),
+            r#type: CommandType::Dummy as i32,
+            leader_index: Some(0),
+            ..Default::default()
+        };
+        table.propose(&reset).await?;
         Ok(())
     }
 }
@@ -238,36 +248,64 @@ impl Manager {
         }
     }
 
+    /// Matches the local tables to the leader's by name and, where the leader says
+    /// (a Flotilla leader does, in [`identity::TABLE_IDS_HEADER`]), by the leader's table
+    /// id: a table the leader dropped and re-created is dropped and pulled afresh here.
     async fn compare(&mut self) -> Result<()> {
         let mut client = MetadataClient::new(self.shared.channel.clone());
-        let leader: HashSet<String> = client
-            .get(MetadataRequest {})
-            .await?
+        let response = client.get(MetadataRequest {}).await?;
+        let ids = identity::read_table_ids(response.metadata())?;
+        let leader: HashMap<String, Option<u64>> = response
             .into_inner()
             .tables
             .into_iter()
-            .map(|t| t.name)
+            .map(|t| {
+                let id = ids.get(&t.name).copied();
+                (t.name, id)
+            })
             .collect();
-        let local: HashSet<String> = self
+        let local: HashMap<String, Option<u64>> = self
             .node
-            .tables()
-            .iter()
-            .map(|t| t.name().to_owned())
+            .catalog()
+            .await?
+            .into_iter()
+            .map(|entry| (entry.name, entry.source_id))
             .collect();
-        for name in leader.difference(&local) {
+        for (name, source_id) in &leader {
+            match local.get(name) {
+                None => {}
+                Some(have) if source_id.is_none() || have == source_id => continue,
+                Some(have) => {
+                    tracing::info!(
+                        table = name,
+                        was = ?have,
+                        now = ?source_id,
+                        "the leader cluster re-created the table; pulling it afresh"
+                    );
+                    self.drop_table(name).await?;
+                }
+            }
             tracing::info!(table = name, "creating a table the leader cluster has");
-            match self.node.create_table(name).await {
+            let created = match source_id {
+                Some(id) => self.node.create_replica(name, *id).await,
+                None => self.node.create_table(name).await,
+            };
+            match created {
                 Ok(_) | Err(flotilla_tables::Error::TableExists) => {}
                 Err(e) => return Err(Error::Tables(e)),
             }
         }
-        for name in local.difference(&leader) {
+        for name in local.keys().filter(|name| !leader.contains_key(*name)) {
             tracing::info!(table = name, "dropping a table the leader cluster dropped");
-            match self.node.delete_table(name).await {
-                Ok(()) | Err(flotilla_tables::Error::TableNotFound) => {}
-                Err(e) => return Err(Error::Tables(e)),
-            }
+            self.drop_table(name).await?;
         }
         Ok(())
+    }
+
+    async fn drop_table(&self, name: &str) -> Result<()> {
+        match self.node.delete_table(name).await {
+            Ok(()) | Err(flotilla_tables::Error::TableNotFound) => Ok(()),
+            Err(e) => Err(Error::Tables(e)),
+        }
     }
 }

@@ -1,18 +1,23 @@
-//! Fetching a leader-cluster snapshot into a staged SST ([`SnapshotSource`] for the
+//! Fetching leader-cluster snapshots into staged SSTs ([`SnapshotSource`] for the
 //! follower's tables): Snapshot/Stream chunks are decoded as they arrive on a blocking
 //! thread that writes the SST, so a 1 GiB table never sits in memory.
+//!
+//! A download a worker makes ahead of its load marker is kept durably as
+//! `<table id>-<leader index>.sst` in the staging directory: the marker names this node
+//! as its holder, and only the holder may load it (see `flotilla_tables::import`), even
+//! after a restart.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use flotilla_proto::mvcc::v1::command::CommandType;
 use flotilla_proto::replication::v1::SnapshotRequest;
 use flotilla_proto::replication::v1::snapshot_client::SnapshotClient;
-use flotilla_tables::import::{Fetch, ImportWriter, LoadedSnapshot, SnapshotSource};
+use flotilla_tables::import::{Fetch, LoadedSnapshot, SnapshotSource, Wanted};
+use flotilla_tables::replace::{StagedTable, TableSstWriter};
 use flotilla_tables::values::StoredValue;
-use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -23,8 +28,8 @@ use crate::format::RecordReader;
 /// Largest message accepted from the leader cluster.
 pub const MAX_LEADER_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Downloads snapshots from the leader cluster; keeps the one a worker fetched ahead of
-/// its load marker so that replica does not download it twice.
+/// Downloads snapshots from the leader cluster and keeps the ones this node's load
+/// markers name.
 #[derive(Clone)]
 pub struct LeaderSnapshots {
     inner: Arc<Inner>,
@@ -35,8 +40,6 @@ struct Inner {
     staging: PathBuf,
     runtime: tokio::runtime::Handle,
     metrics: ReplicationMetrics,
-    /// Prefetched snapshots by local table id.
-    ready: Mutex<HashMap<u64, LoadedSnapshot>>,
 }
 
 impl std::fmt::Debug for LeaderSnapshots {
@@ -47,94 +50,158 @@ impl std::fmt::Debug for LeaderSnapshots {
     }
 }
 
+/// Distinguishes downloads in progress within one process.
+static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+
 impl LeaderSnapshots {
-    /// Snapshots from the leader behind `channel`, staged in `staging` (emptied now:
-    /// files left there by a previous run belong to nothing). Downloads run on `runtime`.
+    /// Snapshots from the leader behind `channel`, staged in `staging`. Partial downloads
+    /// a previous run left there are removed; kept ones stay for their load markers.
+    /// Downloads run on `runtime`.
     pub fn new(
         channel: Channel,
         staging: PathBuf,
         runtime: tokio::runtime::Handle,
         metrics: ReplicationMetrics,
     ) -> Result<Self> {
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)?;
+        std::fs::create_dir_all(&staging).map_err(Error::io("creating", &staging))?;
+        let entries = std::fs::read_dir(&staging).map_err(Error::io("listing", &staging))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if kept_name(&path).is_none() {
+                std::fs::remove_file(&path).map_err(Error::io("removing", &path))?;
+            }
         }
-        std::fs::create_dir_all(&staging)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 channel,
                 staging,
                 runtime,
                 metrics,
-                ready: Mutex::new(HashMap::new()),
             }),
         })
     }
 
-    /// Downloads table `name`'s snapshot now and keeps it for this node's replica of
-    /// local table `table_id`; returns the leader index it reflects.
-    pub async fn prefetch(&self, name: &str, table_id: u64) -> Result<u64> {
-        let loaded = self.download(name, table_id).await?;
+    /// Downloads table `name`'s snapshot now and keeps it (durably) for this node's
+    /// replica of local table `table_id`, replacing older kept ones; returns the leader
+    /// index it reflects.
+    /// `source_id`, if known, is the leader table it must come from.
+    pub async fn prefetch(&self, name: &str, table_id: u64, source_id: Option<u64>) -> Result<u64> {
+        let loaded = self.download(name, table_id, source_id).await?;
         let index = loaded.leader_index;
-        self.inner.ready.lock().insert(table_id, loaded);
+        let kept = self.kept_path(table_id, index);
+        // Kept for the load marker: the group adopts the file by its name.
+        let _ = loaded.staged.rename(&kept)?.into_path();
+        self.forget_older(table_id, index)?;
         Ok(index)
     }
 
-    async fn download(&self, name: &str, table_id: u64) -> Result<LoadedSnapshot> {
+    fn kept_path(&self, table_id: u64, leader_index: u64) -> PathBuf {
+        self.inner
+            .staging
+            .join(format!("{table_id}-{leader_index}.sst"))
+    }
+
+    /// Removes kept downloads of `table_id` other than the one at `keep`.
+    fn forget_older(&self, table_id: u64, keep: u64) -> Result<()> {
+        let staging = &self.inner.staging;
+        let entries = std::fs::read_dir(staging).map_err(Error::io("listing", staging))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let Some((id, index)) = kept_name(&path)
+                && id == table_id
+                && index != keep
+            {
+                std::fs::remove_file(&path).map_err(Error::io("removing", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn download(
+        &self,
+        name: &str,
+        table_id: u64,
+        source_id: Option<u64>,
+    ) -> Result<LoadedSnapshot> {
         let inner = self.inner.clone();
         let name = name.to_owned();
         let task = self
             .inner
             .runtime
-            .spawn(async move { download(&inner, &name, table_id).await });
-        task.await
-            .map_err(|e| Error::Format(format!("download task: {e}")))?
+            .spawn(async move { download(&inner, &name, table_id, source_id).await });
+        task.await.map_err(|e| Error::TaskFailed(e.to_string()))?
     }
 }
 
+/// The (table id, leader index) of a kept download's file name.
+fn kept_name(path: &Path) -> Option<(u64, u64)> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".sst")?;
+    let (id, index) = name.split_once('-')?;
+    Some((id.parse().ok()?, index.parse().ok()?))
+}
+
 impl SnapshotSource for LeaderSnapshots {
-    fn fetch(&self, name: &str, table_id: u64, min_leader_index: u64) -> Fetch {
+    fn fetch(&self, name: &str, table_id: u64, wanted: Wanted) -> Fetch {
         let this = self.clone();
         let name = name.to_owned();
         Box::pin(async move {
-            let ready = this.inner.ready.lock().remove(&table_id);
-            if let Some(loaded) = ready.filter(|l| l.leader_index >= min_leader_index) {
-                return Ok(loaded);
+            match wanted {
+                Wanted::Exactly(leader_index) => {
+                    let path = this.kept_path(table_id, leader_index);
+                    if !path.exists() {
+                        return Err(flotilla_tables::Error::LoadUnavailable { leader_index });
+                    }
+                    let staged = StagedTable::adopt(path, 0, 0);
+                    Ok(LoadedSnapshot {
+                        staged,
+                        leader_index,
+                    })
+                }
+                Wanted::AtLeast(wanted) => {
+                    let loaded = this.download(&name, table_id, None).await?;
+                    if loaded.leader_index < wanted {
+                        // A leader-cluster node that lags the one the worker read from.
+                        return Err(Error::LeaderBehind {
+                            table: name,
+                            leader: loaded.leader_index,
+                            wanted,
+                        }
+                        .into());
+                    }
+                    Ok(loaded)
+                }
             }
-            let loaded = this.download(&name, table_id).await?;
-            if loaded.leader_index < min_leader_index {
-                // A leader-cluster node that lags the one the worker read from.
-                return Err(Error::LeaderBehind(format!(
-                    "snapshot of {name} reflects {} < {min_leader_index}",
-                    loaded.leader_index
-                ))
-                .into());
-            }
-            Ok(loaded)
         })
     }
 }
 
-async fn download(inner: &Inner, name: &str, table_id: u64) -> Result<LoadedSnapshot> {
+async fn download(
+    inner: &Inner,
+    name: &str,
+    table_id: u64,
+    source_id: Option<u64>,
+) -> Result<LoadedSnapshot> {
     let started = Instant::now();
     let mut client = SnapshotClient::new(inner.channel.clone())
         .max_decoding_message_size(MAX_LEADER_MESSAGE_BYTES);
     // Deprecated in Armada's proto in favour of Query + HTTP objects from a shared
     // store, which this leader does not have; Stream is what both sides implement.
+    let mut request = tonic::Request::new(SnapshotRequest {
+        table: name.as_bytes().to_vec(),
+        incremental: false,
+        leader_index: 0,
+    });
+    if let Some(id) = source_id {
+        crate::identity::write_table_id(request.metadata_mut(), id);
+    }
     #[allow(deprecated)]
-    let mut stream = client
-        .stream(SnapshotRequest {
-            table: name.as_bytes().to_vec(),
-            incremental: false,
-            leader_index: 0,
-        })
-        .await?
-        .into_inner();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let path = inner.staging.join(format!("{table_id}-{nanos}.sst"));
+    let mut stream = client.stream(request).await?.into_inner();
+    let path = inner.staging.join(format!(
+        "{table_id}-download-{}.partial",
+        DOWNLOADS.fetch_add(1, Ordering::Relaxed)
+    ));
     let (tx, rx) = mpsc::channel::<Vec<u8>>(8);
+    let partial = path.clone();
     let builder = tokio::task::spawn_blocking(move || build_sst(rx, path, table_id));
     let mut received = 0u64;
     let streamed: Result<()> = async {
@@ -150,20 +217,25 @@ async fn download(inner: &Inner, name: &str, table_id: u64) -> Result<LoadedSnap
     drop(tx);
     let built = builder
         .await
-        .map_err(|e| Error::Format(format!("snapshot builder: {e}")))?;
-    streamed?;
-    let loaded = built?;
+        .map_err(|e| Error::TaskFailed(e.to_string()))?;
+    let loaded = match (streamed, built) {
+        (Ok(()), Ok(loaded)) => loaded,
+        (Err(e), _) | (Ok(()), Err(e)) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
     let secs = started.elapsed().as_secs_f64().max(1e-6);
     inner
         .metrics
-        .snapshot_done(name, received, loaded.bytes, secs);
+        .snapshot_done(name, received, loaded.staged.bytes, secs);
     tracing::info!(
         table = name,
-        keys = loaded.keys,
-        bytes = loaded.bytes,
+        keys = loaded.staged.keys,
+        bytes = loaded.staged.bytes,
         compressed = received,
         leader_index = loaded.leader_index,
-        mb_per_s = loaded.bytes as f64 / secs / 1e6,
+        mb_per_s = loaded.staged.bytes as f64 / secs / 1e6,
         "downloaded a snapshot from the leader cluster"
     );
     Ok(loaded)
@@ -177,7 +249,7 @@ fn build_sst(rx: mpsc::Receiver<Vec<u8>>, path: PathBuf, table_id: u64) -> Resul
         buf: Vec::new(),
         pos: 0,
     });
-    let mut writer = ImportWriter::create(&path, table_id)?;
+    let mut writer = TableSstWriter::create(&path, table_id)?;
     let mut leader_index = None;
     while let Some(cmd) = reader.next_command()? {
         if leader_index.is_some() {
@@ -185,15 +257,25 @@ fn build_sst(rx: mpsc::Receiver<Vec<u8>>, path: PathBuf, table_id: u64) -> Resul
         }
         match cmd.r#type() {
             CommandType::Put => {
-                let kv = cmd.kv.unwrap_or_default();
+                let kv = cmd
+                    .kv
+                    .ok_or_else(|| Error::Format("a PUT record without a key-value".into()))?;
+                let revision = |r: i64| {
+                    u64::try_from(r)
+                        .map_err(|_| Error::Format(format!("a PUT record with revision {r}")))
+                };
                 let value = StoredValue {
-                    create_revision: kv.create_revision.max(0) as u64,
-                    mod_revision: kv.mod_revision.max(0) as u64,
+                    create_revision: revision(kv.create_revision)?,
+                    mod_revision: revision(kv.mod_revision)?,
                     value: kv.value,
                 };
                 writer.put(&kv.key, &value)?;
             }
-            CommandType::Dummy => leader_index = Some(cmd.leader_index.unwrap_or(0)),
+            CommandType::Dummy => {
+                leader_index = Some(cmd.leader_index.ok_or_else(|| {
+                    Error::Format("the trailing DUMMY carries no leader index".into())
+                })?);
+            }
             other => {
                 return Err(Error::Format(format!(
                     "unexpected {other:?} record in a full snapshot"
@@ -202,10 +284,14 @@ fn build_sst(rx: mpsc::Receiver<Vec<u8>>, path: PathBuf, table_id: u64) -> Resul
         }
     }
     let Some(leader_index) = leader_index else {
+        drop(writer);
         let _ = std::fs::remove_file(&path);
         return Err(Error::Format("snapshot stream ended early".into()));
     };
-    Ok(writer.finish(leader_index)?)
+    Ok(LoadedSnapshot {
+        staged: writer.finish()?,
+        leader_index,
+    })
 }
 
 /// `Read` over chunks arriving on a channel (used on a blocking thread).

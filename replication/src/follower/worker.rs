@@ -10,11 +10,13 @@ use flotilla_proto::mvcc::v1::{Command, command::CommandType};
 use flotilla_proto::replication::v1::log_client::LogClient;
 use flotilla_proto::replication::v1::{ReplicateError, ReplicateRequest, replicate_response};
 use flotilla_tables::Table;
+use flotilla_tables::import::LoadMarker;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::source::MAX_LEADER_MESSAGE_BYTES;
 use crate::error::{Error, Result};
+use crate::identity;
 use crate::leader::FOLLOW_HEADER;
 
 /// How often a worker that does not hold its table checks whether it does now.
@@ -76,7 +78,7 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, table: Table, cancel: Ca
             Some(Err(e)) => {
                 let kind = match &e {
                     Error::Leader(s) if s.code() == tonic::Code::NotFound => "table_not_found",
-                    Error::Leader(_) | Error::Connect(_) => "stream",
+                    Error::Leader(_) | Error::Connect(_) | Error::StreamSilent => "stream",
                     Error::Tables(_) => "propose",
                     _ => "snapshot",
                 };
@@ -116,6 +118,9 @@ fn holds_lease(shared: &Shared, table: &Table) -> bool {
 /// Pulls until the lease is lost or something fails.
 async fn pull(shared: &Shared, table: &Table) -> Result<Ended> {
     let name = table.name().to_owned();
+    // Everything committed in the local group is applied here first, so the leader index
+    // read next is the group's, not a lagging replica's.
+    table.read_barrier().await?;
     let state = table.applied_state().await?;
     let mut applied = match state.leader_index {
         // Reset (Maintenance/Reset): load everything afresh.
@@ -130,6 +135,9 @@ async fn pull(shared: &Shared, table: &Table) -> Result<Ended> {
         FOLLOW_HEADER,
         tonic::metadata::MetadataValue::from_static("1"),
     );
+    if let Some(id) = table.source_id() {
+        identity::write_table_id(request.metadata_mut(), id);
+    }
     let mut client =
         LogClient::new(shared.channel.clone()).max_decoding_message_size(MAX_LEADER_MESSAGE_BYTES);
     let mut stream = client.replicate(request).await?.into_inner();
@@ -138,10 +146,14 @@ async fn pull(shared: &Shared, table: &Table) -> Result<Ended> {
     loop {
         let next = tokio::select! {
             r = tokio::time::timeout(STREAM_SILENCE, stream.message()) => {
-                r.map_err(|_| Error::Leader(tonic::Status::unavailable("replication stream went silent")))??
+                r.map_err(|_| Error::StreamSilent)??
             }
             _ = tokio::time::sleep(LEASE_CHECK) => {
-                if holds_lease(shared, table) { continue }
+                // A Reset (or a load) moved this replica's leader index back: start over
+                // from what it holds now.
+                if holds_lease(shared, table) && table.applied_leader_index() >= applied {
+                    continue;
+                }
                 return Ok(Ended::Again);
             }
         };
@@ -156,19 +168,19 @@ async fn pull(shared: &Shared, table: &Table) -> Result<Ended> {
                 };
                 let last = batch.commands.last().map_or(first, |c| c.leader_index);
                 if first > applied + 1 {
-                    return Err(Error::Format(format!(
-                        "leader sent {first} after {applied}: a gap"
-                    )));
+                    return Err(Error::LeaderGap { applied, first });
                 }
                 let sequence = batch
                     .commands
                     .into_iter()
                     .map(|rc| {
-                        let mut cmd = rc.command.unwrap_or_default();
+                        let mut cmd = rc.command.ok_or(Error::MissingCommand {
+                            leader_index: rc.leader_index,
+                        })?;
                         cmd.leader_index = Some(rc.leader_index);
-                        cmd
+                        Ok(cmd)
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>>>()?;
                 let seq = Command {
                     table: name.as_bytes().to_vec(),
                     r#type: CommandType::Sequence as i32,
@@ -176,7 +188,9 @@ async fn pull(shared: &Shared, table: &Table) -> Result<Ended> {
                     leader_index: Some(last),
                     ..Default::default()
                 };
-                table.propose(&seq).await?;
+                // The batch continues from `applied`: every replica refuses it if its own
+                // state is behind that (a gap), rather than skip commands.
+                table.propose_replicated(applied, &seq).await?;
                 applied = applied.max(last);
             }
             Some(replicate_response::Response::ErrorResponse(e)) => {
@@ -216,8 +230,15 @@ async fn pull(shared: &Shared, table: &Table) -> Result<Ended> {
 async fn recover(shared: &Shared, table: &Table) -> Result<u64> {
     let name = table.name();
     tracing::info!(table = name, "recovering from a leader snapshot");
-    let index = shared.source.prefetch(name, table.id()).await?;
-    let out = table.propose_load(index).await?;
+    let leader_index = shared
+        .source
+        .prefetch(name, table.id(), table.source_id())
+        .await?;
+    let marker = LoadMarker {
+        leader_index,
+        holder: shared.node_id,
+    };
+    let out = table.propose_load(marker).await?;
     tracing::info!(
         table = name,
         leader_index = out.revision,

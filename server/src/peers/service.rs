@@ -82,7 +82,7 @@ impl Raft for RaftService {
             let next = match stream.message().await {
                 Ok(Some(chunk)) => Ok(chunk),
                 Ok(None) => break,
-                Err(e) => Err(Error::Unavailable(format!("snapshot stream: {e}"))),
+                Err(e) => Err(Error::SnapshotStream(e.to_string())),
             };
             let failed = next.is_err();
             if tx.send(next).await.is_err() || failed {
@@ -92,8 +92,8 @@ impl Raft for RaftService {
         drop(tx);
         match staged.await {
             Ok(Ok(())) => Ok(Response::new(Done {})),
-            Ok(Err(e)) => Err(Status::unavailable(format!("snapshot not taken: {e}"))),
-            Err(e) => Err(Status::internal(format!("snapshot task: {e}"))),
+            Ok(Err(e)) => Err(crate::status::kv_status(e)),
+            Err(e) => Err(crate::status::kv_status(Error::TaskFailed(e.to_string()))),
         }
     }
 }

@@ -2,8 +2,6 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::time::{Duration, Instant};
-
 use flotilla_ops::Settings;
 use flotilla_proto::regatta::v1::{
     CreateTableRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
@@ -156,31 +154,19 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// The value of a counter/gauge sample line `name` (no labels) in Prometheus text.
-pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
+/// The value of a sample line `name` (with its labels as rendered) in Prometheus text.
+#[allow(unused_imports)] // each test file uses a different subset
+pub use flotilla_testkit::metrics::value as metric_value;
 
-/// A free loopback port below Linux's ephemeral range (32768-60999), so no outgoing
-/// connection of the servers started meanwhile can be given it as its local port.
-pub fn free_port(k: u16) -> u16 {
-    let start = u16::try_from(std::process::id() % 5_000).expect("small") * 2;
-    (0..1_000)
-        .map(|i| 20_000 + (start + k * 1_000 + i) % 12_000)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .expect("a free port")
-}
+#[allow(unused_imports)]
+pub use flotilla_testkit::eventually;
 
-/// Polls `check` until it returns true or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+/// `n` distinct free loopback ports below Linux's ephemeral range, for servers that must
+/// keep their ports (raft members). Distinct within this process, so tests running in
+/// parallel never get the same one; released just before the servers bind them.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    flotilla_testkit::ports::reserve(n)
+        .iter()
+        .map(flotilla_testkit::ports::port)
+        .collect()
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::{Message, MessageType};
 
-use crate::router::Router;
-use crate::transport::Transport;
+use flotilla_tables::Router;
+use flotilla_tables::transport::Transport;
 
 /// The shared network; create one per test and a [`MemoryNetwork::transport`] per node.
 pub struct MemoryNetwork {
