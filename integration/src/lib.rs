@@ -7,6 +7,7 @@
 //! [`proxy::LinkProxy`] on every node-to-node link; [`workload`] drives and checks writes.
 
 pub mod cluster;
+pub mod linearizability;
 pub mod proxy;
 pub mod workload;
 
