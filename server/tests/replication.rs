@@ -631,3 +631,39 @@ async fn a_leader_behind_the_follower_shows_in_status_errors() {
     follower.shutdown().await;
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_dropped_and_recreated_on_the_leader_is_pulled_afresh() {
+    let leader = leader(10_000).await;
+    leader.create_table("t").await;
+    for i in 0..20u32 {
+        leader.put("t", format!("old{i:02}").as_bytes(), b"1").await;
+    }
+    // A follower that compares table sets only at start and when a pull says the table
+    // is gone: the drop and re-create below fall between two of its reconciles.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut s = settings(dir.path());
+    s.replication.leader_address = format!("http://{}", replication_addr(&leader));
+    s.replication.reconcile_interval = "3600s".into();
+    let follower = TestServer::start_as(dir, s, Role::Follower).await;
+    assert_converges(&leader, &follower, "t").await;
+
+    leader
+        .tables()
+        .delete(DeleteTableRequest { name: "t".into() })
+        .await
+        .expect("delete");
+    leader.create_table("t").await;
+    leader.put("t", b"new", b"2").await;
+    // The new table has the old one's name but not its data or its log: the follower
+    // must drop what it had and pull the new table, not apply its log over the old data
+    // (or wait forever behind an index the new table never reached).
+    assert_converges(&leader, &follower, "t").await;
+    let got = dump(&follower, "t").await.expect("dump");
+    assert_eq!(
+        got.iter().map(|kv| kv.key.as_slice()).collect::<Vec<_>>(),
+        vec![&b"new"[..]]
+    );
+    follower.shutdown().await;
+    leader.shutdown().await;
+}

@@ -8,7 +8,7 @@ mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla_proto::mvcc::v1::Command;
 use flotilla_proto::mvcc::v1::command::CommandType;
@@ -182,17 +182,43 @@ const TABLE_SET: &str = "(table set)";
 /// How often the manager looks for tables that need a worker.
 const WORKER_SWEEP: Duration = Duration::from_millis(200);
 
+/// After a failed comparison with the leader cluster, the next try.
+const RECONCILE_RETRY: Duration = Duration::from_secs(1);
+
+/// How one comparison of table sets went.
+enum Reconciled {
+    Done,
+    /// This node does not lead the local catalog (or no node does yet).
+    NotLeading,
+    Failed,
+}
+
 impl Manager {
     async fn run(mut self, cancel: CancellationToken) {
         let mut reconcile = tokio::time::interval(self.config.reconcile_interval);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(WORKER_SWEEP);
+        // A comparison that could not run (the catalog's leader not known yet, the
+        // leader cluster unreachable) is retried soon, not a whole interval later.
+        let mut retry_at: Option<Instant> = None;
         loop {
-            tokio::select! {
+            let outcome = tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = reconcile.tick() => self.reconcile().await,
-                _ = self.shared.reconcile_now.notified() => self.reconcile().await,
-                _ = sweep.tick() => self.sweep(&cancel),
+                _ = reconcile.tick() => Some(self.reconcile().await),
+                _ = self.shared.reconcile_now.notified() => Some(self.reconcile().await),
+                _ = sweep.tick() => {
+                    self.sweep(&cancel);
+                    match retry_at {
+                        Some(at) if Instant::now() >= at => Some(self.reconcile().await),
+                        _ => None,
+                    }
+                }
+            };
+            match outcome {
+                Some(Reconciled::Done) => retry_at = None,
+                Some(Reconciled::NotLeading) => retry_at = Some(Instant::now() + WORKER_SWEEP),
+                Some(Reconciled::Failed) => retry_at = Some(Instant::now() + RECONCILE_RETRY),
+                None => {}
             }
         }
         for (_, (task, stop)) in self.workers.drain() {
@@ -231,12 +257,15 @@ impl Manager {
 
     /// Creates and drops local tables to match the leader's. Only the node leading the
     /// local catalog does it, so follower nodes do not race each other.
-    async fn reconcile(&mut self) {
+    async fn reconcile(&mut self) -> Reconciled {
         if !self.node.leads_catalog() {
-            return;
+            return Reconciled::NotLeading;
         }
         match self.compare().await {
-            Ok(()) => self.shared.clear_error(TABLE_SET),
+            Ok(()) => {
+                self.shared.clear_error(TABLE_SET);
+                Reconciled::Done
+            }
             Err(e) => {
                 let e = e.to_string();
                 // Once per distinct failure: a cut link would otherwise log every interval.
@@ -244,6 +273,7 @@ impl Manager {
                     tracing::warn!("comparing tables with the leader cluster: {e}");
                 }
                 self.shared.set_error(TABLE_SET, e);
+                Reconciled::Failed
             }
         }
     }
