@@ -258,3 +258,53 @@ fn write_round(
     metrics.fsync_rounds.inc();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+
+    use super::*;
+
+    fn write_of(bytes: usize) -> LogWrite {
+        LogWrite {
+            puts: vec![(b"k".to_vec(), vec![0; bytes])],
+            delete_range: None,
+            sync: true,
+        }
+    }
+
+    #[test]
+    fn a_slow_disk_overloads_the_queue_until_it_catches_up() {
+        let dir = tempfile::tempdir().expect("dir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let metrics = LogWriterMetrics::new(&Registry::new()).expect("metrics");
+        let (writer, thread) = LogWriter::start(engine, metrics.clone(), 1024).expect("start");
+        // The first write's completion holds the writer thread: the disk is "slow".
+        let (entered_tx, entered) = std_mpsc::channel();
+        let (release, released) = std_mpsc::channel::<()>();
+        writer.submit(
+            write_of(10),
+            Box::new(move |r| {
+                r.expect("first write");
+                entered_tx.send(()).expect("signal");
+                released.recv().expect("release");
+            }),
+        );
+        entered.recv().expect("the writer is busy");
+        assert!(!writer.is_overloaded());
+        // What piles up behind it is counted; over the limit, groups refuse proposals.
+        let (done_tx, done) = std_mpsc::channel();
+        writer.submit(
+            write_of(4096),
+            Box::new(move |r| done_tx.send(r.is_ok()).expect("done")),
+        );
+        assert!(writer.is_overloaded(), "4 KiB waits behind a 1 KiB limit");
+        release.send(()).expect("release");
+        assert!(done.recv().expect("second write done"), "persisted");
+        // The count drops before the completions run.
+        assert!(!writer.is_overloaded());
+        assert_eq!(metrics.queued_bytes.get(), 0);
+        writer.stop();
+        thread.join().expect("writer thread");
+    }
+}
