@@ -4,6 +4,8 @@
 //!   for, repeats that batch whole, then sends a batch overlapping it. The follower must
 //!   apply each leader index exactly once: its table ends equal to a model of the log
 //!   (values and both revisions), which any re-applied put or delete would break.
+//! - Command-less entries: a `ReplicateCommand` without its command is an error, never
+//!   applied as an empty PUT.
 //! - Interrupted snapshot transfers: the leader answers USE_SNAPSHOT, then cuts its first
 //!   snapshot streams short. The follower keeps serving its old data meanwhile, retries,
 //!   and then holds exactly the snapshot.
@@ -108,6 +110,8 @@ struct ScriptedLeader {
     cut_snapshots: Arc<AtomicU64>,
     /// Snapshot streams started.
     snapshot_calls: Arc<AtomicU64>,
+    /// Every replicated command arrives without its command (a broken leader).
+    commandless: Arc<AtomicBool>,
 }
 
 /// Leader index of the scripted snapshot.
@@ -183,7 +187,17 @@ impl Log for ScriptedLeader {
             )]))));
         }
         let mut messages = Vec::new();
-        if !snapshot_only {
+        if self.commandless.load(Ordering::Relaxed) {
+            let mut broken = batch(asked, asked + BATCH);
+            if let Some(replicate_response::Response::CommandsResponse(b)) =
+                broken.as_mut().and_then(|m| m.response.as_mut())
+            {
+                for c in &mut b.commands {
+                    c.command = None;
+                }
+            }
+            messages.extend(broken);
+        } else if !snapshot_only {
             let from = asked.saturating_sub(RESEND).max(1);
             let to = (asked + BATCH).min(ENTRIES);
             if from < asked && from <= to {
@@ -387,6 +401,33 @@ async fn an_interrupted_snapshot_keeps_the_old_data_and_is_retried() {
         got.map(|t| t.len())
     );
     assert!(leader.snapshot_calls.load(Ordering::Relaxed) >= 4);
+    follower.shutdown().await;
+    stop.cancel();
+    server.await.expect("join");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_entry_without_its_command_is_an_error_not_an_empty_put() {
+    let leader = ScriptedLeader::default();
+    leader.commandless.store(true, Ordering::Relaxed);
+    let stop = CancellationToken::new();
+    let (addr, server) = serve(&leader, &stop).await;
+    let follower = follower_of(addr).await;
+    let refused = eventually(Duration::from_secs(30), async || {
+        let (_, body) = common::http_get(follower.rest_addr(), "/metrics").await;
+        common::metric_value(
+            &body,
+            "flotilla_replication_errors_total{kind=\"protocol\",table=\"t\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(refused, "the follower reports the broken batch");
+    assert_eq!(
+        table(&follower).await,
+        Some(BTreeMap::new()),
+        "nothing of the broken batch was applied"
+    );
     follower.shutdown().await;
     stop.cancel();
     server.await.expect("join");

@@ -21,7 +21,7 @@ pub struct ReplicationMetrics {
     pub snapshot_bytes: IntCounterVec,
     /// Throughput of the last snapshot download (key/value bytes per second).
     pub snapshot_bytes_per_second: GaugeVec,
-    /// Errors by kind (leader_behind, stream, propose, snapshot).
+    /// Errors by kind (leader_behind, table_not_found, stream, propose, protocol, snapshot).
     pub errors: IntCounterVec,
 }
 

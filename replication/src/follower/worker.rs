@@ -80,6 +80,8 @@ pub(super) async fn run(shared: std::sync::Arc<Shared>, table: Table, cancel: Ca
                     Error::Leader(s) if s.code() == tonic::Code::NotFound => "table_not_found",
                     Error::Leader(_) | Error::Connect(_) | Error::StreamSilent => "stream",
                     Error::Tables(_) => "propose",
+                    // The leader sent something the protocol does not allow.
+                    Error::LeaderGap { .. } | Error::MissingCommand { .. } => "protocol",
                     _ => "snapshot",
                 };
                 if kind == "table_not_found" {
