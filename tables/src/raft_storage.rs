@@ -443,6 +443,25 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_or_missing_truncated_state_is_corruption_naming_the_group() {
+        let (_d, engine, _s) = open();
+        let cf = keys::CF_RAFT;
+        let mut b = WriteBatch::default();
+        b.put_cf(engine.cf(cf), keys::truncated_key(9), [1, 2, 3, 4, 5]);
+        engine.write(b, true).expect("write");
+        let err = RaftStorage::load(engine.clone(), 9).expect_err("5 bytes are no state");
+        assert!(
+            matches!(&err, Error::Corrupt { table: 9, what } if what.contains("truncated")),
+            "{err}"
+        );
+        let mut b = WriteBatch::default();
+        b.delete_cf(engine.cf(cf), keys::truncated_key(9));
+        engine.write(b, true).expect("write");
+        let err = RaftStorage::load(engine, 9).expect_err("missing state is not a default");
+        assert!(matches!(err, Error::Corrupt { table: 9, .. }), "{err}");
+    }
+
+    #[test]
     fn staged_entries_are_readable_then_survive_reload() {
         let (_d, engine, mut s) = open();
         let w = s
