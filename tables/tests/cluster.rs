@@ -518,3 +518,56 @@ async fn compaction_under_concurrent_writes_proposes_gc_safely() {
     assert!(state.gc_horizon > 0, "a GC command was applied: {state:?}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_snapshot_install_does_not_stall_the_other_groups_of_its_node() {
+    // One raft thread per node (as `open` configures): every group of a node shares it.
+    // Node X leads table `u` and lags on table `t`; installing t's 256 MiB snapshot must
+    // not keep X from heartbeating u (before, the install ran on the group task, and
+    // X's followers on u elected a new leader meanwhile).
+    let c = Cluster::start(20);
+    c.create("u").await;
+    c.create("t").await;
+    let x = c.leader("u", &IDS).await;
+    let others: Vec<u64> = IDS.iter().copied().filter(|&id| id != x).collect();
+    let t_id = c.table(x, "t").id();
+    for &o in &others {
+        c.net.cut_group(t_id, x, o);
+    }
+    let t_leader = c.leader("t", &others).await;
+    let value = vec![b'v'; 1 << 20];
+    for i in 0..256u32 {
+        let key = format!("k{i:04}").into_bytes();
+        retry(async || try_put(&c.table(t_leader, "t"), &key, &value).await).await;
+    }
+    let u_term = c.table(x, "u").status().term.load(Relaxed);
+    assert_eq!(c.leader("u", &IDS).await, x, "X still leads u");
+
+    c.net.heal();
+    let watch_u = async {
+        // Sample u's leadership on every node until X has installed t's snapshot.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            for id in IDS {
+                let status = c.table(id, "u");
+                let (leader, term) = (
+                    status.status().leader.load(Relaxed),
+                    status.status().term.load(Relaxed),
+                );
+                assert!(
+                    term == u_term && (leader == x || leader == 0),
+                    "node {id} saw u's leadership move during the install: leader {leader}, \
+                     term {term} (was {x} in {u_term})"
+                );
+            }
+            if c.table(x, "t").status().snapshots_installed.load(Relaxed) >= 1 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "X never installed t's snapshot");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    watch_u.await;
+    assert_eq!(c.leader("u", &IDS).await, x);
+    c.shutdown().await;
+}

@@ -28,6 +28,8 @@ impl std::fmt::Debug for MemoryNetwork {
 struct Filter {
     /// Directed links (from, to) that deliver nothing.
     cut: HashSet<(u64, u64)>,
+    /// Directed links (group, from, to) that deliver nothing of that one group.
+    cut_groups: HashSet<(u64, u64, u64)>,
     drop_percent: u64,
     max_delay: Duration,
     /// xorshift state.
@@ -56,6 +58,7 @@ impl MemoryNetwork {
             routers: RwLock::new(HashMap::new()),
             filter: Mutex::new(Filter {
                 cut: HashSet::new(),
+                cut_groups: HashSet::new(),
                 drop_percent: 0,
                 max_delay: Duration::ZERO,
                 rng: 0x9e37_79b9_7f4a_7c15,
@@ -83,6 +86,14 @@ impl MemoryNetwork {
         f.cut.insert((b, a));
     }
 
+    /// Cuts the link between `a` and `b` for group `group_id` only, both directions: the
+    /// nodes keep talking about every other group.
+    pub fn cut_group(&self, group_id: u64, a: u64, b: u64) {
+        let mut f = self.filter.lock();
+        f.cut_groups.insert((group_id, a, b));
+        f.cut_groups.insert((group_id, b, a));
+    }
+
     /// Cuts `node` off from every node in `others`.
     pub fn isolate(&self, node: u64, others: &[u64]) {
         for &o in others {
@@ -94,6 +105,7 @@ impl MemoryNetwork {
     pub fn heal(&self) {
         let mut f = self.filter.lock();
         f.cut.clear();
+        f.cut_groups.clear();
         f.drop_percent = 0;
         f.max_delay = Duration::ZERO;
     }
@@ -108,9 +120,9 @@ impl MemoryNetwork {
         self.filter.lock().max_delay = max;
     }
 
-    fn fate(&self, from: u64, to: u64) -> Fate {
+    fn fate(&self, group_id: u64, from: u64, to: u64) -> Fate {
         let mut f = self.filter.lock();
-        if f.cut.contains(&(from, to)) {
+        if f.cut.contains(&(from, to)) || f.cut_groups.contains(&(group_id, from, to)) {
             return Fate::Drop;
         }
         if f.drop_percent > 0 && f.next() % 100 < f.drop_percent {
@@ -130,7 +142,7 @@ impl MemoryNetwork {
     fn route(self: &Arc<Self>, from: u64, group_id: u64, msg: Message) {
         let to = msg.to;
         let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-        let delay = match self.fate(from, to) {
+        let delay = match self.fate(group_id, from, to) {
             Fate::Drop => {
                 if is_snapshot && let Some(src) = self.router(from) {
                     src.report_snapshot(group_id, to, false);
