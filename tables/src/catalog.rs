@@ -59,8 +59,8 @@ pub enum CatalogOutcome {
 /// Told about catalog changes as they are applied, to start and stop table groups.
 pub trait CatalogListener: Send + Sync + 'static {
     /// Table `id` named `name` (replicating leader table `source_id`, if any) now
-    /// exists (its raft state is on disk).
-    fn created(&self, id: u64, name: &str, source_id: Option<u64>);
+    /// exists (its raft state is on disk); `index` is the catalog entry that created it.
+    fn created(&self, index: u64, id: u64, name: &str, source_id: Option<u64>);
     /// Table `id` was dropped; its data must be erased once its group stopped.
     fn dropped(&self, id: u64, name: &str);
 }
@@ -244,7 +244,7 @@ impl StateMachine for CatalogMachine {
         self.state = next;
         match changed {
             Some((CatalogOutcome::Created(id), name, source)) => {
-                self.listener.created(id, &name, source);
+                self.listener.created(index, id, &name, source);
             }
             Some((CatalogOutcome::Dropped(id), name, _)) => self.listener.dropped(id, &name),
             _ => {}

@@ -56,17 +56,32 @@ struct Shared {
     cancel: CancellationToken,
     tables: DashMap<String, (Table, CancellationToken)>,
     router: Router,
+    /// This node started with no catalog state (a new cluster, or its data was lost):
+    /// the replicas of tables that existed before must fence their votes.
+    fresh: bool,
+    /// On a fresh node, the catalog leader's commit index in the first append the
+    /// catalog got (0 until then): tables created at or below it may predate the loss.
+    rejoin_commit: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Listener given to the catalog machine; weak so the catalog does not keep the node alive.
 struct Listener(Weak<Shared>);
 
 impl CatalogListener for Listener {
-    fn created(&self, id: u64, name: &str, source_id: Option<u64>) {
+    fn created(&self, index: u64, id: u64, name: &str, source_id: Option<u64>) {
         let Some(shared) = self.0.upgrade() else {
             return;
         };
-        match shared.open_table(id, name, source_id) {
+        // A table this node may have voted in before it lost its state: created at or
+        // below what the catalog had committed when this node rejoined (0: not known yet,
+        // so assume so). Tables created later are new to every replica.
+        let fence = shared.fresh && {
+            let rejoined_at = shared
+                .rejoin_commit
+                .load(std::sync::atomic::Ordering::Acquire);
+            rejoined_at == 0 || index <= rejoined_at
+        };
+        match shared.open_table(id, name, source_id, fence) {
             Ok(table) => {
                 // One replica, chosen by table id so that leadership spreads over the
                 // nodes, starts the election at once instead of all of them waiting out
@@ -110,11 +125,14 @@ impl CatalogListener for Listener {
 }
 
 impl Shared {
+    /// Starts table `id`'s group; `fence` when its replica here lost its raft state and
+    /// must fence its votes (see `group::fence`).
     fn open_table(
         &self,
         id: u64,
         name: &str,
         source_id: Option<u64>,
+        fence: bool,
     ) -> Result<GroupHandle<crate::fsm::ApplyOutput>> {
         let storage = RaftStorage::load(self.engine.clone(), id)?;
         let machine = TableMachine::load(
@@ -137,6 +155,7 @@ impl Shared {
                 transport: self.transport.clone(),
                 metrics: self.metrics.group(name),
                 cancel: cancel.clone(),
+                vote_fence: fence.then_some(None),
             },
             &self.runtime,
         )?;
@@ -201,10 +220,10 @@ impl Node {
             .enable_all()
             .build()
             .map_err(|e| Error::Startup(format!("raft runtime: {e}")))?;
-        if engine
+        let fresh = engine
             .get(keys::CF_META, &keys::conf_state_key(CATALOG_ID))?
-            .is_none()
-        {
+            .is_none();
+        if fresh {
             let mut batch = WriteBatch::default();
             raft_storage::bootstrap(&engine, &mut batch, CATALOG_ID, &config.voters);
             engine.write(batch, true)?;
@@ -219,10 +238,12 @@ impl Node {
             cancel: CancellationToken::new(),
             tables: DashMap::new(),
             router: Router::new(config.group.node_id, engine.clone(), snapshot_dir),
+            fresh,
+            rejoin_commit: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         });
         transport.attach(shared.router.clone());
         for entry in catalog::list(&engine)? {
-            shared.open_table(entry.id, &entry.name, entry.source_id)?;
+            shared.open_table(entry.id, &entry.name, entry.source_id, false)?;
         }
         let machine = CatalogMachine::load(
             engine.clone(),
@@ -248,6 +269,7 @@ impl Node {
                 transport,
                 metrics: metrics.group("__catalog"),
                 cancel: shared.cancel.child_token(),
+                vote_fence: fresh.then(|| Some(shared.rejoin_commit.clone())),
             },
             runtime.handle(),
         )?;

@@ -571,3 +571,68 @@ async fn a_big_snapshot_install_does_not_stall_the_other_groups_of_its_node() {
     assert_eq!(c.leader("u", &IDS).await, x);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_replica_does_not_vote_until_it_has_heard_every_voter() {
+    // Node X is wiped while the leader A is cut off. X has lost its vote: in a term it
+    // voted in before (for A, say), it must not vote again, or B could be elected in a
+    // term A already leads. Unable to tell which terms those were, X votes only once it
+    // has heard from every voter, and then only above every term it heard. So while A is
+    // away, B and X elect nobody (before, they did at once: X granted B's first request).
+    let mut c = Cluster::start(10_000);
+    c.create("t").await;
+    let mut acked = Data::new();
+    for i in 0..20u32 {
+        let key = format!("k{i:02}").into_bytes();
+        let rev = retry(async || try_put(&c.table(1, "t"), &key, b"v").await).await;
+        acked.insert(key, (b"v".to_vec(), rev));
+    }
+    let a = c.leader("t", &IDS).await;
+    let (x, b) = match IDS
+        .iter()
+        .copied()
+        .filter(|&id| id != a)
+        .collect::<Vec<_>>()[..]
+    {
+        [x, b] => (x, b),
+        _ => unreachable!("three nodes"),
+    };
+    c.net.isolate(a, &[x, b]);
+    c.wipe(x).await;
+    // Every (term, leader) any node reports, to check no term ever has two leaders.
+    let mut leaders: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let mut observe = |c: &Cluster, leaders: &mut BTreeMap<(String, u64), u64>| {
+        for id in IDS {
+            let Ok(t) = c.node(id).table("t") else {
+                continue;
+            };
+            let (term, leader) = (
+                t.status().term.load(Relaxed),
+                t.status().leader.load(Relaxed),
+            );
+            if leader != 0 {
+                let first = *leaders.entry(("t".into(), term)).or_insert(leader);
+                assert_eq!(first, leader, "two leaders of t in term {term}");
+            }
+        }
+    };
+    // Twenty election timeouts (10-20 ticks of 10 ms each) without A: nobody new leads.
+    let window = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < window {
+        observe(&c, &mut leaders);
+        let b_sees = c.table(b, "t").status().leader.load(Relaxed);
+        assert!(
+            b_sees != b && b_sees != x,
+            "B and the wiped X elected {b_sees} while A was away"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A is back: X hears every voter, votes again, and catches up.
+    c.net.heal();
+    wait(async || c.node(x).table("t").is_ok()).await;
+    let rev = retry(async || try_put(&c.table(b, "t"), b"after", b"w").await).await;
+    acked.insert(b"after".to_vec(), (b"w".to_vec(), rev));
+    assert_eq!(converged(&c, "t").await, acked);
+    observe(&c, &mut leaders);
+    c.shutdown().await;
+}

@@ -106,7 +106,7 @@ impl<M: StateMachine> RaftGroup<M> {
                 messages,
             }) => {
                 self.durable_index = self.raw_node.store().last_log_index();
-                self.transport.send(self.id, messages);
+                self.send(messages);
                 self.raw_node.on_persist_ready(number);
                 self.raw_node.advance_apply_to(index);
                 self.status.applied.store(index, Ordering::Relaxed);

@@ -12,6 +12,7 @@
 //! waits for what), [`reads`] (ReadIndex), [`ready`] (the Ready loop: persist, apply,
 //! compact), [`install`] (raft snapshot installs and loads from outside the log).
 
+mod fence;
 mod handle;
 mod install;
 mod proposals;
@@ -175,6 +176,10 @@ pub struct GroupParts<M> {
     pub metrics: GroupMetrics,
     /// Stops the task.
     pub cancel: CancellationToken,
+    /// The replica lost its raft state (its node's data was wiped, or this is a new
+    /// cluster): it votes only once it may (see `fence.rs`). `Some(cell)` also records
+    /// in `cell` the leader's commit index of the first append (the catalog's).
+    pub vote_fence: Option<Option<Arc<std::sync::atomic::AtomicU64>>>,
 }
 
 /// Starts the group task on `runtime` and returns its handle.
@@ -192,6 +197,7 @@ pub fn spawn<M: StateMachine>(
         transport,
         metrics,
         cancel,
+        vote_fence,
     } = parts;
     let applied = machine.applied_index();
     let mut storage = storage;
@@ -209,10 +215,9 @@ pub fn spawn<M: StateMachine>(
         ..Default::default()
     };
     raft_config.validate()?;
-    let single_voter = {
-        let cs = raft::Storage::initial_state(&storage)?.conf_state;
-        cs.voters == [config.node_id]
-    };
+    let voters = raft::Storage::initial_state(&storage)?.conf_state.voters;
+    let single_voter = voters == [config.node_id];
+    let fence = vote_fence.map(|cell| fence::VoteFence::new(&voters, config.node_id, cell));
     let mut raw_node = RawNode::new(&raft_config, storage, &crate::raft_log::logger(id))?;
     if single_voter {
         // Nobody else can win: skip the election timeout so a fresh node or table takes
@@ -255,6 +260,7 @@ pub fn spawn<M: StateMachine>(
         installing: None,
         paused: None,
         load_generation: 0,
+        fence,
     };
     // No parent: a table's group is often spawned while the catalog applies its create.
     let span = tracing::info_span!(parent: None, "group", table = %name, id);
@@ -302,6 +308,8 @@ struct RaftGroup<M: StateMachine> {
     paused: Option<Paused>,
     /// Bumped whenever a load starts or is abandoned, so stale fetch results are dropped.
     load_generation: u64,
+    /// While this replica may not vote in every term (it lost its raft state).
+    fence: Option<fence::VoteFence>,
 }
 
 /// Ticks between sweeps that forget requests whose callers gave up.
@@ -365,7 +373,25 @@ impl<M: StateMachine> RaftGroup<M> {
         self.raw_node.raft.leader_id
     }
 
+    /// Sends `msgs` to peers; a fenced replica's own vote requests stay home.
+    fn send(&self, mut msgs: Vec<Message>) {
+        if let Some(fence) = &self.fence {
+            msgs.retain(|m| !fence.blocks(m));
+        }
+        if !msgs.is_empty() {
+            self.transport.send(self.id, msgs);
+        }
+    }
+
     fn on_tick(&mut self) {
+        if self
+            .fence
+            .as_ref()
+            .is_some_and(|f| f.is_lifted(self.raw_node.raft.term))
+        {
+            tracing::info!(term = self.raw_node.raft.term, "vote fence lifted");
+            self.fence = None;
+        }
         self.raw_node.tick();
         self.ticks += 1;
         self.reads.retry_stale(self.ticks);
@@ -411,6 +437,13 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn step(&mut self, mut msg: Message) {
+        if let Some(fence) = &mut self.fence {
+            fence.observe(&msg);
+            if fence.blocks(&msg) {
+                tracing::debug!(from = msg.from, term = msg.term, "vote request fenced");
+                return;
+            }
+        }
         self.repair_lost_log(&mut msg);
         let snapshot = (msg.get_msg_type() == MessageType::MsgSnapshot).then(|| {
             (
@@ -459,7 +492,7 @@ impl<M: StateMachine> RaftGroup<M> {
                 reply.index = msg.commit;
                 reply.reject_hint = last;
                 msg.commit = last;
-                self.transport.send(self.id, vec![reply]);
+                self.send(vec![reply]);
             }
             MessageType::MsgAppendResponse if msg.reject && raft.state == StateRole::Leader => {
                 if let Some(pr) = raft.mut_prs().get_mut(msg.from)
@@ -522,7 +555,7 @@ impl<M: StateMachine> RaftGroup<M> {
                 };
                 debug_assert_eq!(n, number);
                 self.durable_index = self.durable_index.max(last);
-                self.transport.send(self.id, msgs);
+                self.send(msgs);
                 self.raw_node.on_persist_ready(number);
                 Ok(())
             }

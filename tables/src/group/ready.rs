@@ -31,7 +31,7 @@ impl<M: StateMachine> RaftGroup<M> {
                 break;
             }
             let mut rd = self.raw_node.ready();
-            self.transport.send(self.id, rd.take_messages());
+            self.send(rd.take_messages());
             let role_change = rd.ss().map(|ss| ss.leader_id);
             self.reads.answer(&mut rd);
             if !rd.snapshot().is_empty() {
@@ -58,7 +58,7 @@ impl<M: StateMachine> RaftGroup<M> {
         let number = rd.number();
         self.raw_node.advance_append_async(rd);
         if write.is_empty() && self.in_flight.is_empty() {
-            self.transport.send(self.id, persisted_msgs);
+            self.send(persisted_msgs);
             self.raw_node.on_persist_ready(number);
         } else {
             let durable = last.unwrap_or(self.durable_index);
