@@ -601,7 +601,7 @@ async fn a_wiped_replica_does_not_vote_until_it_has_heard_every_voter() {
     c.wipe(x).await;
     // Every (term, leader) any node reports, to check no term ever has two leaders.
     let mut leaders: BTreeMap<(String, u64), u64> = BTreeMap::new();
-    let mut observe = |c: &Cluster, leaders: &mut BTreeMap<(String, u64), u64>| {
+    let observe = |c: &Cluster, leaders: &mut BTreeMap<(String, u64), u64>| {
         for id in IDS {
             let Ok(t) = c.node(id).table("t") else {
                 continue;

@@ -97,7 +97,7 @@ impl VoteFence {
     /// this replica may not vote in.
     pub(super) fn blocks(&self, msg: &Message) -> bool {
         msg.get_msg_type() == MessageType::MsgRequestVote
-            && !self.floor.is_some_and(|floor| msg.term > floor)
+            && self.floor.is_none_or(|floor| msg.term <= floor)
     }
 
     /// Whether the fence no longer matters: this replica's own term is above the floor,
