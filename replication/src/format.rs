@@ -177,3 +177,220 @@ mod tests {
         assert!(r.next_command().is_err());
     }
 }
+
+/// Property tests of [`RecordReader`] over arbitrary bytes, over valid Snappy streams
+/// of corrupted or truncated records, and over valid streams cut anywhere: it returns
+/// commands or an error, never panics, and never trusts a declared length past its cap.
+/// See docs/FUZZING.md.
+#[cfg(test)]
+pub(crate) mod fuzz {
+    use super::*;
+    use flotilla_proto::mvcc::v1::KeyValue;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// `cases`, unless `PROPTEST_CASES` asks for another number.
+    pub(crate) fn config(cases: u32) -> ProptestConfig {
+        let mut config = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = cases;
+        }
+        config
+    }
+
+    pub(crate) fn key_value() -> impl Strategy<Value = KeyValue> {
+        (
+            vec(any::<u8>(), 0..6),
+            prop_oneof![Just(0i64), 1i64..100, any::<i64>()],
+            prop_oneof![Just(0i64), 1i64..100, any::<i64>()],
+            vec(any::<u8>(), 0..8),
+        )
+            .prop_map(|(key, create_revision, mod_revision, value)| KeyValue {
+                key,
+                create_revision,
+                mod_revision,
+                value,
+            })
+    }
+
+    /// Any command: every known type and unknown ones, any fields set or not.
+    pub(crate) fn command() -> impl Strategy<Value = Command> {
+        (
+            (vec(any::<u8>(), 0..3), prop_oneof![0i32..8, any::<i32>()]),
+            proptest::option::of(key_value()),
+            proptest::option::of(any::<u64>()),
+            vec(key_value(), 0..3),
+            proptest::option::of(vec(any::<u8>(), 0..3)),
+            (any::<bool>(), any::<bool>()),
+        )
+            .prop_map(
+                |((table, r#type), kv, leader_index, batch, range_end, (prev_kvs, count))| {
+                    Command {
+                        table,
+                        r#type,
+                        kv,
+                        leader_index,
+                        batch,
+                        range_end,
+                        prev_kvs,
+                        count,
+                        ..Default::default()
+                    }
+                },
+            )
+    }
+
+    /// Reads to the end; the commands, then the error if it ended in one. Each command
+    /// takes at least its 8-byte length, so more reads than that would be a loop.
+    fn read_all(compressed: &[u8], raw_len: usize) -> (Vec<Command>, Option<Error>) {
+        let mut reader = RecordReader::new(compressed);
+        let mut out = Vec::new();
+        loop {
+            assert!(
+                out.len() <= raw_len / 8,
+                "more commands than the bytes hold"
+            );
+            match reader.next_command() {
+                Ok(Some(cmd)) => out.push(cmd),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    fn compress(raw: &[u8]) -> Vec<u8> {
+        let mut encoder = FrameEncoder::new(Vec::new());
+        encoder.write_all(raw).expect("write");
+        encoder.into_inner().expect("flush")
+    }
+
+    fn record(cmd: &Command) -> Vec<u8> {
+        let bytes = cmd.encode_to_vec();
+        let mut out = (bytes.len() as u64).to_le_bytes().to_vec();
+        out.extend(bytes);
+        out
+    }
+
+    /// What follows the valid records of a raw stream.
+    #[derive(Debug, Clone)]
+    enum Tail {
+        /// Nothing: a clean end.
+        Clean,
+        /// Some bytes (not all) of one more encoded record.
+        Truncated(Vec<u8>, Index),
+        /// A length over the cap, and a few bytes.
+        Huge(u64, Vec<u8>),
+        /// A length and fewer bytes than it says.
+        Short(u64, Vec<u8>),
+        /// A length and that many arbitrary bytes.
+        Garbage(Vec<u8>),
+    }
+
+    fn tail() -> impl Strategy<Value = Tail> {
+        prop_oneof![
+            Just(Tail::Clean),
+            (command(), any::<Index>()).prop_map(|(c, i)| Tail::Truncated(record(&c), i)),
+            (
+                prop_oneof![
+                    Just(MAX_RECORD_BYTES + 1),
+                    Just(u64::MAX),
+                    MAX_RECORD_BYTES + 1..
+                ],
+                vec(any::<u8>(), 0..16)
+            )
+                .prop_map(|(n, b)| Tail::Huge(n, b)),
+            (vec(any::<u8>(), 0..16), 1..MAX_RECORD_BYTES)
+                .prop_map(|(b, extra)| Tail::Short(b.len() as u64 + extra, b)),
+            vec(any::<u8>(), 0..32).prop_map(Tail::Garbage),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(3000))]
+
+        #[test]
+        fn fuzz_arbitrary_bytes(
+            bytes in vec(any::<u8>(), 0..256),
+            framed in any::<bool>(),
+        ) {
+            // With the stream identifier, the bytes reach the chunk decoding.
+            let mut input = if framed { b"\xff\x06\x00\x00sNaPpY".to_vec() } else { Vec::new() };
+            input.extend(bytes);
+            // At most 64 KiB decompressed per chunk (of at least 4 bytes).
+            read_all(&input, input.len() * 65536);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        #[test]
+        fn fuzz_corrupt_records_in_a_valid_stream(
+            cmds in vec(command(), 0..6),
+            tail in tail(),
+        ) {
+            let mut raw: Vec<u8> = cmds.iter().flat_map(record).collect();
+            match &tail {
+                Tail::Clean => {}
+                Tail::Truncated(r, cut) => {
+                    raw.extend(&r[..1 + cut.index(r.len() - 1)]);
+                }
+                Tail::Huge(len, bytes) | Tail::Short(len, bytes) => {
+                    raw.extend(len.to_le_bytes());
+                    raw.extend(bytes);
+                }
+                Tail::Garbage(bytes) => {
+                    raw.extend((bytes.len() as u64).to_le_bytes());
+                    raw.extend(bytes);
+                }
+            }
+            let (got, err) = read_all(&compress(&raw), raw.len());
+            prop_assert!(got.len() >= cmds.len());
+            prop_assert_eq!(&got[..cmds.len()], &cmds[..]);
+            match tail {
+                Tail::Clean => prop_assert!(got.len() == cmds.len() && err.is_none()),
+                Tail::Truncated(..) | Tail::Short(..) => {
+                    prop_assert!(got.len() == cmds.len() && err.is_some(), "{err:?}");
+                }
+                Tail::Huge(len, _) => {
+                    prop_assert_eq!(got.len(), cmds.len());
+                    let huge = matches!(&err, Some(Error::Format(m)) if *m == format!("record of {len} bytes"));
+                    prop_assert!(huge, "{err:?}");
+                }
+                // Arbitrary bytes may be a command; if not, an error.
+                Tail::Garbage(_) => prop_assert!(got.len() + usize::from(err.is_some()) == cmds.len() + 1),
+            }
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(config(500))]
+
+        #[test]
+        fn fuzz_a_valid_stream_cut_or_damaged(
+            cmds in vec(command(), 1..40),
+            cut in any::<Index>(),
+            flips in vec((any::<Index>(), 1..=255u8), 0..3),
+        ) {
+            let raw: Vec<u8> = cmds.iter().flat_map(record).collect();
+            let mut compressed = compress(&raw);
+            if flips.is_empty() {
+                // Cut anywhere: a prefix of the commands, then an end or an error.
+                compressed.truncate(cut.index(compressed.len()));
+                let (got, _) = read_all(&compressed, raw.len());
+                prop_assert!(got.len() < cmds.len());
+                prop_assert_eq!(&got[..], &cmds[..got.len()]);
+            } else {
+                // A damaged chunk header can turn data into a skippable chunk: only
+                // require an answer (checksums catch damaged data).
+                let len = compressed.len();
+                for (at, x) in flips {
+                    compressed[at.index(len)] ^= x;
+                }
+                read_all(&compressed, raw.len() + len * 65536);
+            }
+        }
+    }
+}

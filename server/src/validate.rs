@@ -359,3 +359,339 @@ mod tests {
         );
     }
 }
+
+/// Property tests over structured requests (keys with 0x00, empty, at the length limits)
+/// and over arbitrary and mutated protobuf bytes: checking never panics, and whatever it
+/// accepts has the properties the rest of the server relies on. See docs/FUZZING.md.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use flotilla_proto::mvcc::v1::compare;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    /// `cases`, unless `PROPTEST_CASES` asks for another number.
+    fn config(cases: u32) -> ProptestConfig {
+        let mut config = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = cases;
+        }
+        config
+    }
+
+    fn table() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![Just(Vec::new()), vec(any::<u8>(), 1..4)]
+    }
+
+    /// Keys around every rule: empty, the sentinel, with 0x00 anywhere, at the limit.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        let long = (MAX_KEY_BYTES - 1..=MAX_KEY_BYTES + 1, any::<bool>()).prop_map(|(n, null)| {
+            let mut k = vec![b'k'; n];
+            if null {
+                k[n / 2] = 0;
+            }
+            k
+        });
+        prop_oneof![
+            Just(Vec::new()),
+            Just(vec![0]),
+            vec(0u8..3, 1..4),
+            vec(any::<u8>(), 1..12),
+            long,
+        ]
+    }
+
+    /// Value lengths around the limit (zeros: only the length matters).
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => vec(any::<u8>(), 0..8),
+            1 => (MAX_VALUE_BYTES..=MAX_VALUE_BYTES + 1).prop_map(|n| vec![0; n]),
+        ]
+    }
+
+    fn small_i64() -> impl Strategy<Value = i64> {
+        prop_oneof![Just(0), Just(-1), -3i64..4, any::<i64>()]
+    }
+
+    fn range_request() -> impl Strategy<Value = RangeRequest> {
+        (
+            (table(), key(), key(), small_i64()),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
+            vec(small_i64(), 4),
+        )
+            .prop_map(|((table, key, range_end, limit), (lin, ko, co), revs)| {
+                RangeRequest {
+                    table,
+                    key,
+                    range_end,
+                    limit,
+                    linearizable: lin,
+                    keys_only: ko,
+                    count_only: co,
+                    min_mod_revision: revs[0],
+                    max_mod_revision: revs[1],
+                    min_create_revision: revs[2],
+                    max_create_revision: revs[3],
+                }
+            })
+    }
+
+    fn put_request() -> impl Strategy<Value = PutRequest> {
+        (table(), key(), value(), any::<bool>()).prop_map(|(table, key, value, prev_kv)| {
+            PutRequest {
+                table,
+                key,
+                value,
+                prev_kv,
+            }
+        })
+    }
+
+    fn delete_request() -> impl Strategy<Value = DeleteRangeRequest> {
+        (table(), key(), key(), any::<bool>(), any::<bool>()).prop_map(
+            |(table, key, range_end, prev_kv, count)| DeleteRangeRequest {
+                table,
+                key,
+                range_end,
+                prev_kv,
+                count,
+            },
+        )
+    }
+
+    fn compare_strategy() -> impl Strategy<Value = Compare> {
+        (
+            key(),
+            key(),
+            -1i32..5,
+            proptest::option::of(vec(any::<u8>(), 0..4)),
+        )
+            .prop_map(|(key, range_end, result, v)| Compare {
+                result,
+                key,
+                range_end,
+                target_union: v.map(compare::TargetUnion::Value),
+                ..Default::default()
+            })
+    }
+
+    /// One op; `value` gives the Put values (kept small for the ops repeated as padding).
+    fn op(value: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = RequestOp> {
+        let range = (key(), key(), small_i64(), any::<bool>(), any::<bool>()).prop_map(
+            |(key, range_end, limit, keys_only, count_only)| {
+                request_op::Request::RequestRange(request_op::Range {
+                    key,
+                    range_end,
+                    limit,
+                    keys_only,
+                    count_only,
+                })
+            },
+        );
+        let put = (key(), value, any::<bool>()).prop_map(|(key, value, prev_kv)| {
+            request_op::Request::RequestPut(request_op::Put {
+                key,
+                value,
+                prev_kv,
+            })
+        });
+        let delete = (key(), key(), any::<bool>(), any::<bool>()).prop_map(
+            |(key, range_end, prev_kv, count)| {
+                request_op::Request::RequestDeleteRange(request_op::DeleteRange {
+                    key,
+                    range_end,
+                    prev_kv,
+                    count,
+                })
+            },
+        );
+        proptest::option::weighted(0.9, prop_oneof![range, put, delete])
+            .prop_map(|request| RequestOp { request })
+    }
+
+    /// A few arbitrary ops, then `pad` cheap ones (a branch of about MAX_TXN_OPS ops).
+    fn branch() -> impl Strategy<Value = Vec<RequestOp>> {
+        let pad = prop_oneof![0..3usize, MAX_TXN_OPS - 3..=MAX_TXN_OPS + 1];
+        (
+            vec(op(value()), 0..4),
+            vec(op(vec(any::<u8>(), 0..4)), 1..4),
+            pad,
+        )
+            .prop_map(|(mut ops, filler, pad)| {
+                ops.extend(filler.iter().cycle().take(pad).cloned());
+                ops
+            })
+    }
+
+    fn txn_request() -> impl Strategy<Value = TxnRequest> {
+        let compares = (vec(compare_strategy(), 0..4), any::<bool>()).prop_map(|(c, many)| {
+            if many && !c.is_empty() {
+                c.iter().cycle().take(MAX_TXN_OPS + 1).cloned().collect()
+            } else {
+                c
+            }
+        });
+        (table(), compares, branch(), branch()).prop_map(|(table, compare, success, failure)| {
+            TxnRequest {
+                table,
+                compare,
+                success,
+                failure,
+            }
+        })
+    }
+
+    /// Bytes that often decode: a structured request's encoding with some bytes replaced
+    /// and possibly truncated, or arbitrary bytes.
+    fn mutated(encoded: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+        let len = encoded.len();
+        let edits = vec((any::<proptest::sample::Index>(), any::<u8>()), 0..4);
+        (edits, any::<proptest::sample::Index>(), any::<bool>()).prop_map(
+            move |(edits, cut, truncate)| {
+                let mut bytes = encoded.clone();
+                if len > 0 {
+                    for (at, b) in edits {
+                        bytes[at.index(len)] = b;
+                    }
+                    if truncate {
+                        bytes.truncate(cut.index(len));
+                    }
+                }
+                bytes
+            },
+        )
+    }
+
+    fn bytes_of<M: Message + 'static>(
+        structured: impl Strategy<Value = M>,
+    ) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            vec(any::<u8>(), 0..64),
+            structured.prop_flat_map(|m| mutated(m.encode_to_vec())),
+        ]
+    }
+
+    fn key_ok(key: &[u8]) -> bool {
+        !key.is_empty() && !key.contains(&0) && key.len() <= MAX_KEY_BYTES
+    }
+
+    fn end_ok(end: &[u8]) -> bool {
+        (!end.contains(&0) || end == [0]) && end.len() <= MAX_KEY_BYTES
+    }
+
+    fn check_range(req: &RangeRequest) -> Result<(), TestCaseError> {
+        for streaming in [false, true] {
+            if range(req, streaming).is_err() {
+                continue;
+            }
+            prop_assert!(!req.table.is_empty());
+            prop_assert!(req.limit >= 0 && !(req.keys_only && req.count_only));
+            prop_assert!(req.min_mod_revision >= 0 && req.max_mod_revision >= 0);
+            prop_assert!(req.min_create_revision >= 0 && req.max_create_revision >= 0);
+            let whole_table = !streaming && (req.key == [0] || req.key.is_empty());
+            prop_assert!(key_ok(&req.key) || whole_table, "key {:?}", req.key);
+            prop_assert!(!req.key.is_empty() || !req.range_end.is_empty());
+            prop_assert!(end_ok(&req.range_end), "range_end {:?}", req.range_end);
+        }
+        Ok(())
+    }
+
+    fn check_put(req: &PutRequest) -> Result<(), TestCaseError> {
+        if put(req).is_ok() {
+            prop_assert!(!req.table.is_empty());
+            prop_assert!(key_ok(&req.key), "key {:?}", req.key);
+            prop_assert!(req.value.len() <= MAX_VALUE_BYTES);
+        }
+        Ok(())
+    }
+
+    fn check_delete(req: &DeleteRangeRequest) -> Result<(), TestCaseError> {
+        if delete_range(req).is_ok() {
+            prop_assert!(!req.table.is_empty());
+            prop_assert!(key_ok(&req.key), "key {:?}", req.key);
+            prop_assert!(end_ok(&req.range_end), "range_end {:?}", req.range_end);
+        }
+        Ok(())
+    }
+
+    fn check_txn(req: &TxnRequest) -> Result<(), TestCaseError> {
+        let read_only = is_read_only(req);
+        let ops = || req.success.iter().chain(&req.failure);
+        prop_assert_eq!(
+            read_only,
+            ops().all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))))
+        );
+        if txn(req).is_err() {
+            return Ok(());
+        }
+        prop_assert!(!req.table.is_empty());
+        prop_assert!(req.compare.len() <= MAX_TXN_OPS);
+        prop_assert!(req.success.len() <= MAX_TXN_OPS && req.failure.len() <= MAX_TXN_OPS);
+        for cmp in &req.compare {
+            prop_assert!(!cmp.key.contains(&0) && cmp.key.len() <= MAX_KEY_BYTES);
+            prop_assert!(end_ok(&cmp.range_end));
+        }
+        for op in ops() {
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) => {
+                    prop_assert!(key_ok(&p.key), "put key {:?}", p.key);
+                    prop_assert!(p.value.len() <= MAX_VALUE_BYTES);
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    prop_assert!(key_ok(&d.key), "delete key {:?}", d.key);
+                    prop_assert!(end_ok(&d.range_end));
+                }
+                Some(request_op::Request::RequestRange(r)) => {
+                    prop_assert!(r.limit >= 0 && !(r.keys_only && r.count_only));
+                    let whole_table = r.key == [0] || r.key.is_empty();
+                    prop_assert!(key_ok(&r.key) || whole_table, "range key {:?}", r.key);
+                    prop_assert!(!r.key.is_empty() || !r.range_end.is_empty());
+                    prop_assert!(end_ok(&r.range_end));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        #[test]
+        fn fuzz_range(req in range_request(), bytes in bytes_of(range_request())) {
+            check_range(&req)?;
+            if let Ok(decoded) = RangeRequest::decode(&bytes[..]) {
+                check_range(&decoded)?;
+            }
+        }
+
+        #[test]
+        fn fuzz_put(req in put_request(), bytes in bytes_of(put_request())) {
+            check_put(&req)?;
+            if let Ok(decoded) = PutRequest::decode(&bytes[..]) {
+                check_put(&decoded)?;
+            }
+        }
+
+        #[test]
+        fn fuzz_delete_range(req in delete_request(), bytes in bytes_of(delete_request())) {
+            check_delete(&req)?;
+            if let Ok(decoded) = DeleteRangeRequest::decode(&bytes[..]) {
+                check_delete(&decoded)?;
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(500))]
+
+        #[test]
+        fn fuzz_txn(req in txn_request(), bytes in bytes_of(txn_request())) {
+            check_txn(&req)?;
+            if let Ok(decoded) = TxnRequest::decode(&bytes[..]) {
+                check_txn(&decoded)?;
+            }
+        }
+    }
+}

@@ -266,6 +266,10 @@ pub fn execute<R: KvRead>(
     state: &mut AppliedState,
     budget: &mut ResponseBudget,
 ) -> Result<ApplyOutput, Stop> {
+    // `r#type()` would read an unknown type as PUT (the default).
+    if CommandType::try_from(cmd.r#type).is_err() {
+        return refuse(format!("a command of unknown type {}", cmd.r#type));
+    }
     // A DUMMY carrying leader index 0 is a follower reset: forget the stored leader index
     // so the next pull starts from scratch (WIRE.md §5.9).
     if cmd.r#type() == CommandType::Dummy && cmd.leader_index == Some(0) {
@@ -594,3 +598,7 @@ pub fn compare_holds(view: &impl KvRead, cmp: &flotilla_proto::mvcc::v1::Compare
 #[cfg(test)]
 #[path = "fsm_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fsm_fuzz.rs"]
+pub(crate) mod fuzz;

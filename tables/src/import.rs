@@ -208,3 +208,36 @@ mod tests {
         assert_eq!(at.digest().expect("digest").keys, 1);
     }
 }
+
+/// Property test of [`decode_marker`] over arbitrary bytes: not a marker, a marker, or a
+/// corruption naming the table; never a panic. See docs/FUZZING.md.
+#[cfg(test)]
+mod fuzz {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::fsm::fuzz::config;
+
+    proptest! {
+        #![proptest_config(config(2000))]
+
+        #[test]
+        fn fuzz_decode_marker(
+            tail in vec(any::<u8>(), 0..24),
+            prefixed in any::<bool>(),
+            table in any::<u64>(),
+        ) {
+            let data = if prefixed { [&MARKER_PREFIX[..], &tail].concat() } else { tail };
+            match decode_marker(table, &data) {
+                None => prop_assert!(!data.starts_with(&MARKER_PREFIX)),
+                Some(Ok(marker)) => prop_assert_eq!(encode_marker(marker), data),
+                Some(Err(Error::Corrupt { table: t, .. })) => {
+                    prop_assert_eq!(t, table);
+                    prop_assert!(data.starts_with(&MARKER_PREFIX) && data.len() != 18);
+                }
+                Some(Err(e)) => prop_assert!(false, "not a corruption: {e}"),
+            }
+        }
+    }
+}

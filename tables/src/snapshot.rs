@@ -143,25 +143,38 @@ pub fn receive(
     Ok((group_id, msg))
 }
 
-/// Writes the data chunks into a durable SST file at `path`.
+/// Writes the data chunks into a durable SST file at `path`; on any error, removes it.
 fn stage_pairs(
     group_id: u64,
     path: &Path,
     chunks: impl Iterator<Item = Result<SnapshotChunk>>,
 ) -> Result<StagedTable> {
     let mut writer = TableSstWriter::create(path, group_id)?;
+    let copied = copy_pairs(&mut writer, chunks);
+    if let Ok(true) = copied {
+        return writer.finish();
+    }
+    drop(writer);
+    let _ = std::fs::remove_file(path);
+    copied?;
+    Err(Error::SnapshotStream("the stream ended early".into()))
+}
+
+/// Adds the pairs of `chunks` up to the one marked last; false if none is.
+fn copy_pairs(
+    writer: &mut TableSstWriter,
+    chunks: impl Iterator<Item = Result<SnapshotChunk>>,
+) -> Result<bool> {
     for chunk in chunks {
         let chunk = chunk?;
         for pair in chunk.pairs {
             writer.put_stored(&pair.key, &pair.value)?;
         }
         if chunk.last {
-            return writer.finish();
+            return Ok(true);
         }
     }
-    drop(writer);
-    let _ = std::fs::remove_file(path);
-    Err(Error::SnapshotStream("the stream ended early".into()))
+    Ok(false)
 }
 
 /// Removes the staged file of a snapshot that raft did not take.
@@ -411,3 +424,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(&staging).expect("dir").count(), 0);
     }
 }
+
+#[cfg(test)]
+#[path = "snapshot_fuzz.rs"]
+mod fuzz;

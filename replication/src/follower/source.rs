@@ -255,7 +255,10 @@ fn build_sst(rx: mpsc::Receiver<Vec<u8>>, path: PathBuf, table_id: u64) -> Resul
         if leader_index.is_some() {
             return Err(Error::Format("records after the trailing DUMMY".into()));
         }
-        match cmd.r#type() {
+        // `r#type()` would read an unknown type as PUT (the default).
+        let kind = CommandType::try_from(cmd.r#type)
+            .map_err(|_| Error::Format(format!("a record of unknown type {}", cmd.r#type)))?;
+        match kind {
             CommandType::Put => {
                 let kv = cmd
                     .kv
@@ -316,5 +319,222 @@ impl std::io::Read for ChannelReader {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// Property tests of [`build_sst`] over framed record sequences: valid snapshots, and
+/// valid ones damaged (bad PUTs, keys out of order, a missing or bad trailing DUMMY,
+/// records after it, other command types, arbitrary commands, a cut stream), split into
+/// arbitrary chunks. Bad input is an error, never a snapshot. See docs/FUZZING.md.
+#[cfg(test)]
+mod fuzz {
+    use std::collections::BTreeMap;
+
+    use flotilla_proto::mvcc::v1::{Command, KeyValue};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::*;
+    use crate::format::RecordWriter;
+    use crate::format::fuzz::{command, config, key_value};
+
+    /// A valid snapshot: PUTs of distinct keys in ascending order, then the DUMMY.
+    fn valid() -> impl Strategy<Value = Vec<Command>> {
+        let pairs = proptest::collection::btree_map(
+            vec(any::<u8>(), 0..6),
+            (0i64..50, 0i64..50, vec(any::<u8>(), 0..8)),
+            0..8,
+        );
+        (pairs, any::<u64>()).prop_map(|(pairs, leader_index): (BTreeMap<_, _>, _)| {
+            let mut cmds: Vec<Command> = pairs
+                .into_iter()
+                .map(|(key, (create_revision, mod_revision, value))| Command {
+                    table: b"t".to_vec(),
+                    r#type: CommandType::Put as i32,
+                    kv: Some(KeyValue {
+                        key,
+                        create_revision,
+                        mod_revision,
+                        value,
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            cmds.push(Command {
+                table: b"t".to_vec(),
+                r#type: CommandType::Dummy as i32,
+                leader_index: Some(leader_index),
+                ..Default::default()
+            });
+            cmds
+        })
+    }
+
+    /// One way to damage a record sequence.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        NegativeRevision(Index, i64),
+        NoKv(Index),
+        Duplicate(Index),
+        Swap(Index, Index),
+        NoLeaderIndex,
+        Append(Command),
+        Insert(Index, Command),
+        Retype(Index, i32),
+        Remove(Index),
+        SetKv(Index, KeyValue),
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        let idx = any::<Index>;
+        prop_oneof![
+            (idx(), i64::MIN..0).prop_map(|(i, r)| Damage::NegativeRevision(i, r)),
+            idx().prop_map(Damage::NoKv),
+            idx().prop_map(Damage::Duplicate),
+            (idx(), idx()).prop_map(|(i, j)| Damage::Swap(i, j)),
+            Just(Damage::NoLeaderIndex),
+            command().prop_map(Damage::Append),
+            (idx(), command()).prop_map(|(i, c)| Damage::Insert(i, c)),
+            (idx(), prop_oneof![1i32..8, 8i32..1000, any::<i32>()])
+                .prop_map(|(i, t)| Damage::Retype(i, t)),
+            idx().prop_map(Damage::Remove),
+            (idx(), key_value()).prop_map(|(i, kv)| Damage::SetKv(i, kv)),
+        ]
+    }
+
+    fn apply(cmds: &mut Vec<Command>, damage: Damage) {
+        let n = cmds.len();
+        if n == 0 {
+            // Everything was removed: only adding a record is left to do.
+            if let Damage::Append(c) | Damage::Insert(_, c) = damage {
+                cmds.push(c);
+            }
+            return;
+        }
+        match damage {
+            Damage::NegativeRevision(i, r) => {
+                if let Some(kv) = cmds[i.index(n)].kv.as_mut() {
+                    if r % 2 == 0 {
+                        kv.create_revision = r;
+                    } else {
+                        kv.mod_revision = r;
+                    }
+                }
+            }
+            Damage::NoKv(i) => cmds[i.index(n)].kv = None,
+            Damage::Duplicate(i) => {
+                let c = cmds[i.index(n)].clone();
+                cmds.insert(i.index(n), c);
+            }
+            Damage::Swap(i, j) => cmds.swap(i.index(n), j.index(n)),
+            Damage::NoLeaderIndex => cmds[n - 1].leader_index = None,
+            Damage::Append(c) => cmds.push(c),
+            Damage::Insert(i, c) => cmds.insert(i.index(n + 1), c),
+            Damage::Retype(i, t) => cmds[i.index(n)].r#type = t,
+            Damage::Remove(i) => {
+                cmds.remove(i.index(n));
+            }
+            Damage::SetKv(i, kv) => cmds[i.index(n)].kv = Some(kv),
+        }
+    }
+
+    /// What a snapshot of `cmds` holds (keys, leader index), or `None` if it is not one:
+    /// PUTs with a key-value, revisions >= 0 and strictly ascending keys, then exactly
+    /// one DUMMY with a leader index, last.
+    fn model(cmds: &[Command]) -> Option<(u64, u64)> {
+        let (dummy, puts) = cmds.split_last()?;
+        if dummy.r#type != CommandType::Dummy as i32 {
+            return None;
+        }
+        let mut last: Option<&[u8]> = None;
+        for cmd in puts {
+            let kv = cmd.kv.as_ref()?;
+            let ok = cmd.r#type == CommandType::Put as i32
+                && kv.create_revision >= 0
+                && kv.mod_revision >= 0
+                && last < Some(&kv.key[..]);
+            if !ok {
+                return None;
+            }
+            last = Some(&kv.key);
+        }
+        Some((puts.len() as u64, dummy.leader_index?))
+    }
+
+    /// The framed bytes of `cmds`, split at `cuts` (empty chunks included) and cut
+    /// short if `truncate`.
+    fn chunks(cmds: &[Command], cuts: &[Index], truncate: Option<Index>) -> Vec<Vec<u8>> {
+        let mut w = RecordWriter::default();
+        let mut bytes = Vec::new();
+        for cmd in cmds {
+            bytes.extend(w.push(cmd).expect("push").unwrap_or_default());
+        }
+        bytes.extend(w.finish().expect("finish").concat());
+        if let Some(t) = truncate
+            && !bytes.is_empty()
+        {
+            bytes.truncate(t.index(bytes.len()));
+        }
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        at.push(bytes.len());
+        at.sort_unstable();
+        let mut from = 0;
+        at.into_iter()
+            .map(|to| {
+                let chunk = bytes[from..to].to_vec();
+                from = to;
+                chunk
+            })
+            .collect()
+    }
+
+    /// Builds from `chunks` sent into a channel whose sender is then dropped.
+    fn build(chunks: Vec<Vec<u8>>) -> (tempfile::TempDir, PathBuf, Result<LoadedSnapshot>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("5-download-0.partial");
+        let (tx, rx) = mpsc::channel(chunks.len().max(1));
+        for chunk in chunks {
+            tx.try_send(chunk).expect("room for every chunk");
+        }
+        drop(tx);
+        let built = build_sst(rx, path.clone(), 5);
+        (dir, path, built)
+    }
+
+    proptest! {
+        #![proptest_config(config(1000))]
+
+        #[test]
+        fn fuzz_build_sst(
+            mut cmds in valid(),
+            damages in vec(damage(), 0..3),
+            cuts in vec(any::<Index>(), 0..6),
+            truncate in proptest::option::weighted(0.1, any::<Index>()),
+        ) {
+            for d in damages {
+                apply(&mut cmds, d);
+            }
+            let expected = if truncate.is_some() { None } else { model(&cmds) };
+            let (_dir, path, built) = build(chunks(&cmds, &cuts, truncate));
+            match (built, expected) {
+                (Ok(loaded), Some((keys, leader_index))) => {
+                    prop_assert_eq!(loaded.staged.keys, keys);
+                    prop_assert_eq!(loaded.leader_index, leader_index);
+                    prop_assert!(path.exists());
+                    drop(loaded);
+                    prop_assert!(!path.exists(), "an unused download is removed");
+                }
+                (Err(_), None) => {}
+                (Ok(loaded), None) => prop_assert!(
+                    false,
+                    "bad input gave a snapshot of {} keys at {}: {:?}",
+                    loaded.staged.keys,
+                    loaded.leader_index,
+                    cmds
+                ),
+                (Err(e), Some(_)) => prop_assert!(false, "a valid snapshot failed: {e}"),
+            }
+        }
     }
 }
