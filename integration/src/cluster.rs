@@ -257,6 +257,17 @@ impl Cluster {
         join_all(procs.into_iter().map(Process::kill9)).await;
     }
 
+    /// Freezes node `id` with SIGSTOP (its sockets stay open, nothing answers) until
+    /// [`Self::resume`]; panics if it is down.
+    pub async fn pause(&self, id: u64) {
+        self.node(id).signal("STOP").await;
+    }
+
+    /// Lets node `id` run again after [`Self::pause`] (SIGCONT).
+    pub async fn resume(&self, id: u64) {
+        self.node(id).signal("CONT").await;
+    }
+
     /// Starts node `id` again with the same flags, ports and data dir (killing it with
     /// SIGKILL first if it still runs).
     pub async fn restart(&mut self, id: u64) {

@@ -4,8 +4,11 @@
 //! stopped by its own PID (kill -9 or drop), never by name.
 //!
 //! [`cluster`] runs three such processes as one raft cluster, optionally with a cuttable
-//! [`proxy::LinkProxy`] on every node-to-node link; [`workload`] drives and checks writes.
+//! [`proxy::LinkProxy`] on every node-to-node link; [`workload`] drives and checks writes;
+//! [`chaos`] runs a seeded fault schedule under a register workload and checks the history
+//! with [`linearizability`].
 
+pub mod chaos;
 pub mod cluster;
 pub mod linearizability;
 pub mod proxy;
@@ -161,6 +164,24 @@ impl Process {
             .connect()
             .await
             .expect("connect")
+    }
+
+    /// The process id (while the process has not been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a name `kill` accepts, e.g. `STOP` or `CONT`) to this process, by
+    /// its PID; panics if that fails.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the process has not been reaped");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
     }
 
     /// SIGKILL, then reap.
