@@ -1,9 +1,11 @@
 //! Helpers shared by Flotilla's tests and benchmarks, in one copy: waiting for a
 //! condition with a deadline ([`eventually`]), reading `/metrics` ([`metrics`]),
-//! loopback ports that survive restarts ([`ports`]), and the in-memory raft network of
-//! the in-process multi-node tests ([`memory_network`]). Never a dependency of the
+//! loopback ports that survive restarts ([`ports`]), certificates made at test time
+//! ([`certs`]), and the in-memory raft network of the in-process multi-node tests
+//! ([`memory_network`]). Never a dependency of the
 //! product's own crates.
 
+pub mod certs;
 pub mod leases;
 pub mod memory_network;
 pub mod metrics;
