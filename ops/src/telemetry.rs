@@ -3,14 +3,30 @@
 use prometheus::Registry;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global tracing subscriber: human-readable lines on stderr, filtered by
-/// `RUST_LOG` (default `info`). Safe to call more than once (later calls do nothing).
-pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+/// A `--log-level` that is not a level or filter.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting log-level: {0}")]
+pub struct LogLevelError(String);
+
+/// Installs the global tracing subscriber on stderr, filtered by `RUST_LOG` if set, else
+/// by `level` (`--log-level`): human-readable lines with `dev_mode`, JSON lines (one
+/// object per event, for log shippers) otherwise. Later calls do nothing.
+pub fn init_tracing(level: &str, dev_mode: bool) -> Result<(), LogLevelError> {
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(_) => {
+            EnvFilter::try_new(level).map_err(|e| LogLevelError(format!("{level:?}: {e}")))?
+        }
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if dev_mode {
+        builder.try_init()
+    } else {
+        builder.json().try_init()
+    };
+    Ok(())
 }
 
 /// The registry for one process. Metrics are defined next to the code they measure and

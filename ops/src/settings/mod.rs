@@ -4,6 +4,11 @@
 //! binary turns flags and `FLOTILLA_*` environment variables into overrides; this module
 //! merges them with the file through the `config` crate and checks the result.
 
+mod address;
+mod keys;
+mod secret;
+mod tls;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +16,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub use address::{Listen, ListenAddr};
+pub use keys::{CONFIG_ENV, KEYS, SWITCHES, check_environment, env_var};
+pub use secret::{MASK, Secret};
+pub use tls::{LeaderClientTls, PeerTls};
+
+use address::parse_listen;
 
 /// A setting that is missing, malformed or inconsistent.
 #[derive(Debug, Error)]
@@ -26,14 +38,21 @@ pub enum SettingsError {
         /// What is wrong.
         reason: String,
     },
+    /// A `FLOTILLA_*` environment variable that names no setting.
+    #[error("unknown environment variable {0}: no setting has that name")]
+    UnknownEnvironment(String),
 }
 
 /// Every setting of a node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case", default)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct Settings {
     /// Directory of the node's RocksDB.
     pub data_dir: PathBuf,
+    /// Log filter (`info`, `debug`, or a `RUST_LOG`-style directive list).
+    pub log_level: String,
+    /// Human-readable log lines; JSON lines (for log shippers) otherwise.
+    pub dev_mode: bool,
     /// Public gRPC API.
     pub api: ApiSettings,
     /// Admin HTTP endpoints (/metrics, /healthz).
@@ -44,21 +63,60 @@ pub struct Settings {
     pub replication: ReplicationSettings,
     /// Cluster naming.
     pub memberlist: MemberlistSettings,
+    /// The Tables service.
+    pub tables: ServiceSettings,
+    /// The Maintenance service.
+    pub maintenance: ServiceSettings,
+}
+
+/// `tables.*`, `maintenance.*`: a service that can be switched off or token-protected.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// Serve it at all (off: callers get UNIMPLEMENTED `unknown service ...`).
+    pub enabled: bool,
+    /// Bearer token callers must send (`authorization: Bearer <token>`); empty = none.
+    pub token: Secret,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token: Secret::default(),
+        }
+    }
 }
 
 /// `api.*`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case", default)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ApiSettings {
     /// Where the gRPC API listens (`http://host:port` or `host:port`).
     pub address: String,
     /// The address clients are told to use (Cluster/MemberList).
     pub advertise_address: String,
+    /// Server certificate (PEM), with an `https://` address.
+    pub cert_filename: String,
+    /// Its private key (PEM).
+    pub key_filename: String,
+    /// Require client certificates (mTLS).
+    pub client_cert_auth: bool,
+    /// CA client certificates must chain to.
+    pub ca_filename: String,
+    /// Subject CN client certificates must carry (empty = any).
+    pub allowed_cn: String,
+    /// Host name client certificates must be valid for (empty = any).
+    pub allowed_hostname: String,
+    /// Most connections open at once (0 = no limit); more wait in the backlog.
+    pub max_concurrent_connections: u64,
+    /// Most concurrent calls on one connection (0 = no limit).
+    pub max_concurrent_streams: u32,
 }
 
 /// `rest.*`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case", default)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct RestSettings {
     /// Where /metrics and /healthz listen.
     pub address: String,
@@ -66,14 +124,21 @@ pub struct RestSettings {
 
 /// `raft.*`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case", default)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct RaftSettings {
     /// This node's raft id (1-based position in the initial members).
     pub node_id: u64,
     /// Node-to-node raft address.
     pub address: String,
-    /// `id=host:port,...` of every member; empty = this node alone.
+    /// `id=host:port,...` of every member, or Armada's ordered `host:port,...` list (ids
+    /// by position, from 1); empty = this node alone.
     pub initial_members: String,
+    /// Peer certificate (PEM): mutual TLS between nodes, with the key and CA below.
+    pub tls_cert_file: String,
+    /// Its private key (PEM).
+    pub tls_key_file: String,
+    /// CA every peer's certificate must chain to.
+    pub tls_ca_file: String,
     /// One raft tick (Armada's round-trip time), e.g. `50ms`.
     pub rtt: String,
     /// Election timeout in ticks.
@@ -86,16 +151,34 @@ pub struct RaftSettings {
     pub log_retention_bytes: u64,
     /// Threads driving raft groups and applying entries.
     pub threads: usize,
+    /// Largest raft snapshot a peer may stream to this node; a larger one is refused and
+    /// its staged file removed (a broken or hostile peer cannot fill the disk).
+    pub max_snapshot_size_bytes: u64,
 }
 
 /// `replication.*`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case", default)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct ReplicationSettings {
+    /// Leader: serve replication at all.
+    pub enabled: bool,
     /// Where the leader cluster serves replication to follower clusters.
     pub address: String,
     /// The leader cluster's replication address a follower cluster pulls from.
     pub leader_address: String,
+    /// Leader: the listener's certificate; follower: the client certificate it dials with.
+    pub cert_filename: String,
+    /// Private key of `cert_filename`.
+    pub key_filename: String,
+    /// Leader: CA of follower client certificates; follower: CA of the leader's certificate
+    /// (empty = the system's trust store).
+    pub ca_filename: String,
+    /// Leader: require client certificates (mTLS).
+    pub client_cert_auth: bool,
+    /// Follower: the name verified in the leader's certificate (empty = the address's host).
+    pub server_name: String,
+    /// Follower: accept any leader certificate (testing only; logged as a warning).
+    pub insecure_skip_verify: bool,
     /// Byte budget of one Log/Replicate message the leader sends.
     pub max_send_message_size_bytes: u64,
     /// How often a follower compares its tables with the leader's (also done on demand).
@@ -104,7 +187,7 @@ pub struct ReplicationSettings {
 
 /// `memberlist.*`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "kebab-case", default)]
+#[serde(rename_all = "kebab-case", default, deny_unknown_fields)]
 pub struct MemberlistSettings {
     /// Cluster name reported by Cluster/MemberList.
     pub cluster_name: String,
@@ -116,11 +199,15 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("flotilla-data"),
+            log_level: "info".into(),
+            dev_mode: false,
             api: ApiSettings::default(),
             rest: RestSettings::default(),
             raft: RaftSettings::default(),
             replication: ReplicationSettings::default(),
             memberlist: MemberlistSettings::default(),
+            tables: ServiceSettings::default(),
+            maintenance: ServiceSettings::default(),
         }
     }
 }
@@ -130,6 +217,14 @@ impl Default for ApiSettings {
         Self {
             address: "http://0.0.0.0:8443".into(),
             advertise_address: "http://127.0.0.1:8443".into(),
+            cert_filename: String::new(),
+            key_filename: String::new(),
+            client_cert_auth: false,
+            ca_filename: String::new(),
+            allowed_cn: String::new(),
+            allowed_hostname: String::new(),
+            max_concurrent_connections: 0,
+            max_concurrent_streams: 0,
         }
     }
 }
@@ -148,12 +243,16 @@ impl Default for RaftSettings {
             node_id: 1,
             address: "127.0.0.1:5012".into(),
             initial_members: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
             rtt: "50ms".into(),
             election_rtt: 20,
             heartbeat_rtt: 1,
             log_retention_entries: 10_000,
             log_retention_bytes: 64 << 20,
             threads: 2,
+            max_snapshot_size_bytes: 64 << 30,
         }
     }
 }
@@ -161,8 +260,15 @@ impl Default for RaftSettings {
 impl Default for ReplicationSettings {
     fn default() -> Self {
         Self {
+            enabled: true,
             address: "http://0.0.0.0:8444".into(),
             leader_address: "http://127.0.0.1:8444".into(),
+            cert_filename: String::new(),
+            key_filename: String::new(),
+            ca_filename: String::new(),
+            client_cert_auth: false,
+            server_name: String::new(),
+            insecure_skip_verify: false,
             max_send_message_size_bytes: 4 << 20,
             reconcile_interval: "5s".into(),
         }
@@ -178,87 +284,22 @@ impl Default for MemberlistSettings {
     }
 }
 
-/// Every key a flag or environment variable may set, with its help text.
-pub const KEYS: &[(&str, &str)] = &[
-    (
-        "data-dir",
-        "Directory of the node's RocksDB [default: flotilla-data]",
-    ),
-    (
-        "api.address",
-        "gRPC API listen address [default: http://0.0.0.0:8443]",
-    ),
-    (
-        "api.advertise-address",
-        "API address advertised to clients [default: http://127.0.0.1:8443]",
-    ),
-    (
-        "rest.address",
-        "Admin HTTP (/metrics, /healthz) address [default: http://127.0.0.1:8079]",
-    ),
-    ("raft.node-id", "This node's raft id [default: 1]"),
-    (
-        "raft.address",
-        "Node-to-node raft address [default: 127.0.0.1:5012]",
-    ),
-    (
-        "raft.initial-members",
-        "All members as id=host:port,... [default: this node alone]",
-    ),
-    ("raft.rtt", "Raft tick length [default: 50ms]"),
-    (
-        "raft.election-rtt",
-        "Election timeout in ticks [default: 20]",
-    ),
-    (
-        "raft.heartbeat-rtt",
-        "Heartbeat interval in ticks [default: 1]",
-    ),
-    (
-        "raft.log-retention-entries",
-        "Applied entries kept per table [default: 10000]",
-    ),
-    (
-        "raft.log-retention-bytes",
-        "Approximate log bytes kept per table [default: 67108864]",
-    ),
-    ("raft.threads", "Threads driving raft groups [default: 2]"),
-    (
-        "replication.address",
-        "Replication listen address of a leader cluster [default: http://0.0.0.0:8444]",
-    ),
-    (
-        "replication.leader-address",
-        "Leader cluster's replication address a follower pulls from [default: http://127.0.0.1:8444]",
-    ),
-    (
-        "replication.max-send-message-size-bytes",
-        "Bytes of commands in one replication message [default: 4194304]",
-    ),
-    (
-        "replication.reconcile-interval",
-        "How often a follower compares its tables with the leader's [default: 5s]",
-    ),
-    ("memberlist.cluster-name", "Cluster name [default: default]"),
-    (
-        "memberlist.node-name",
-        "Node name [default: the raft address]",
-    ),
-];
-
-/// The environment variable for `key`: `FLOTILLA_` + key upper-cased, `.`/`-` as `_`.
-pub fn env_var(key: &str) -> String {
-    let mut s = String::from("FLOTILLA_");
-    s.extend(key.chars().map(|c| match c {
-        '.' | '-' => '_',
-        c => c.to_ascii_uppercase(),
-    }));
-    s
-}
-
 impl Settings {
+    /// The config file used when none is given: `config.{toml,yaml,yml,json}` in
+    /// `/etc/flotilla/`, then `$HOME/.flotilla/`, then the working directory (Armada's
+    /// search order); the first that exists wins.
+    pub fn discover_file() -> Option<PathBuf> {
+        let mut dirs = vec![PathBuf::from("/etc/flotilla")];
+        if let Some(home) = std::env::var_os("HOME") {
+            dirs.push(PathBuf::from(home).join(".flotilla"));
+        }
+        dirs.push(PathBuf::from("."));
+        first_config_file(&dirs)
+    }
+
     /// Defaults, then `file` (TOML, YAML or JSON by extension), then `overrides`
-    /// (dotted key -> value, from the environment and flags).
+    /// (dotted key -> value, from the environment and flags). A key no setting has is
+    /// an error naming it.
     pub fn load(
         file: Option<&Path>,
         overrides: &BTreeMap<String, String>,
@@ -297,15 +338,29 @@ impl Settings {
         if self.raft.log_retention_entries == 0 {
             return Err(invalid("raft.log-retention-entries", "must be at least 1"));
         }
+        if self.raft.max_snapshot_size_bytes == 0 {
+            return Err(invalid(
+                "raft.max-snapshot-size-bytes",
+                "must be at least 1",
+            ));
+        }
         if self.raft.log_retention_bytes == 0 {
             return Err(invalid("raft.log-retention-bytes", "must be at least 1"));
         }
         if members.len() > 1 {
-            listen_addr("raft.address", &self.raft.address)?;
+            self.raft_listen()?;
         }
-        listen_addr("api.address", &self.api.address)?;
-        listen_addr("rest.address", &self.rest.address)?;
-        listen_addr("replication.address", &self.replication.address)?;
+        self.api_listen()?;
+        self.rest_listen()?;
+        self.replication_listen()?;
+        self.api_tls()?;
+        self.peer_tls()?;
+        if self.api.max_concurrent_connections > u64::from(u32::MAX) {
+            return Err(invalid(
+                "api.max-concurrent-connections",
+                "must be at most 4294967295",
+            ));
+        }
         self.reconcile_interval()?;
         if self.replication.max_send_message_size_bytes < 1024 {
             return Err(invalid(
@@ -323,17 +378,31 @@ impl Settings {
             out.insert(self.raft.node_id, self.raft.address.clone());
             return Ok(out);
         }
-        for part in self
+        let parts: Vec<&str> = self
             .raft
             .initial_members
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-        {
+            .collect();
+        if parts.iter().all(|p| !p.contains('=')) {
+            // Armada's ordered address list: ids by position, from 1.
+            for (i, addr) in parts.iter().enumerate() {
+                if out.values().any(|a| a == addr) {
+                    return Err(invalid(
+                        "raft.initial-members",
+                        format!("{addr:?} is listed twice"),
+                    ));
+                }
+                out.insert(i as u64 + 1, (*addr).to_owned());
+            }
+            return Ok(out);
+        }
+        for part in parts {
             let (id, addr) = part.split_once('=').ok_or_else(|| {
                 invalid(
                     "raft.initial-members",
-                    format!("{part:?} is not id=host:port"),
+                    format!("{part:?} is not id=host:port (use one form for every member)"),
                 )
             })?;
             let id: u64 = id
@@ -360,19 +429,28 @@ impl Settings {
         })
     }
 
-    /// The socket address `api.address` names.
-    pub fn api_listen(&self) -> Result<SocketAddr, SettingsError> {
-        listen_addr("api.address", &self.api.address)
+    /// Where `api.address` listens, and whether with TLS.
+    pub fn api_listen(&self) -> Result<Listen, SettingsError> {
+        parse_listen("api.address", &self.api.address, true)
     }
 
-    /// The socket address `raft.address` names (node-to-node traffic).
+    /// The socket address `raft.address` names (node-to-node traffic; TLS is set by the
+    /// `raft.tls-*` files, not a scheme).
     pub fn raft_listen(&self) -> Result<SocketAddr, SettingsError> {
-        listen_addr("raft.address", &self.raft.address)
+        let listen = parse_listen("raft.address", &self.raft.address, false)?;
+        if listen.tls {
+            return Err(invalid(
+                "raft.address",
+                "takes host:port; peer TLS is turned on by raft.tls-cert-file, \
+                 raft.tls-key-file and raft.tls-ca-file",
+            ));
+        }
+        listen.tcp("raft.address")
     }
 
-    /// The socket address `replication.address` names.
-    pub fn replication_listen(&self) -> Result<SocketAddr, SettingsError> {
-        listen_addr("replication.address", &self.replication.address)
+    /// Where `replication.address` listens, and whether with TLS.
+    pub fn replication_listen(&self) -> Result<Listen, SettingsError> {
+        parse_listen("replication.address", &self.replication.address, false)
     }
 
     /// How often a follower reconciles its table set.
@@ -390,16 +468,24 @@ impl Settings {
             })
     }
 
-    /// The socket address `rest.address` names.
+    /// The socket address `rest.address` names (plain HTTP: keep it on loopback).
     pub fn rest_listen(&self) -> Result<SocketAddr, SettingsError> {
-        listen_addr("rest.address", &self.rest.address)
+        let listen = parse_listen("rest.address", &self.rest.address, false)?;
+        if listen.tls {
+            return Err(invalid("rest.address", "is plain HTTP; use http://"));
+        }
+        listen.tcp("rest.address")
     }
 
-    /// Settings flattened to dotted keys, for Cluster/Status with `config=true`.
+    /// Settings flattened to dotted keys, for Cluster/Status with `config=true`; secrets
+    /// (set or not) read [`MASK`].
     pub fn flatten(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
         if let Ok(v) = serde_json::to_value(self) {
             flatten_into("", &v, &mut out);
+        }
+        for key in ["tables.token", "maintenance.token"] {
+            out.insert(key.to_owned(), MASK.to_owned());
         }
         out
     }
@@ -426,21 +512,18 @@ fn flatten_into(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, 
     }
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> SettingsError {
+/// The first `config.{toml,yaml,yml,json}` in `dirs`, searched in order.
+fn first_config_file(dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| ["toml", "yaml", "yml", "json"].map(|ext| d.join(format!("config.{ext}"))))
+        .find(|p| p.is_file())
+}
+
+pub(crate) fn invalid(key: &'static str, reason: impl Into<String>) -> SettingsError {
     SettingsError::Invalid {
         key,
         reason: reason.into(),
     }
-}
-
-/// Parses `host:port`, optionally prefixed with `http://`.
-fn listen_addr(key: &'static str, value: &str) -> Result<SocketAddr, SettingsError> {
-    let bare = value.strip_prefix("http://").unwrap_or(value);
-    if value.starts_with("https://") {
-        return Err(invalid(key, "TLS is not supported yet; use http://"));
-    }
-    bare.parse()
-        .map_err(|e| invalid(key, format!("{value:?}: {e}")))
 }
 
 /// Parses durations like `50ms`, `2s`, `1m`, `500us`.
@@ -459,57 +542,4 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid_and_armada_like() {
-        let s = Settings::load(None, &BTreeMap::new()).expect("defaults load");
-        assert_eq!(s.api_listen().expect("api").port(), 8443);
-        assert_eq!(s.rest_listen().expect("rest").port(), 8079);
-        assert_eq!(s.tick().expect("tick"), Duration::from_millis(50));
-        assert_eq!(s.members().expect("members").len(), 1);
-    }
-
-    #[test]
-    fn overrides_beat_the_file() {
-        let dir = std::env::temp_dir().join(format!("flotilla-settings-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("c.toml");
-        std::fs::write(
-            &file,
-            "data-dir = \"/from/file\"\n[raft]\nnode-id = 2\ninitial-members = \"1=a:1,2=b:2\"\n",
-        )
-        .expect("write");
-        let mut o = BTreeMap::new();
-        o.insert("data-dir".to_owned(), "/from/flag".to_owned());
-        let s = Settings::load(Some(&file), &o).expect("load");
-        assert_eq!(s.data_dir, PathBuf::from("/from/flag"));
-        assert_eq!(s.raft.node_id, 2);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn bad_values_are_explained() {
-        let bad = |k: &str, v: &str| {
-            let mut o = BTreeMap::new();
-            o.insert(k.to_owned(), v.to_owned());
-            Settings::load(None, &o).expect_err("must fail").to_string()
-        };
-        assert!(bad("raft.rtt", "fast").contains("raft.rtt"));
-        assert!(bad("raft.initial-members", "2=x:1").contains("does not name"));
-        assert!(bad("api.address", "nowhere").contains("api.address"));
-        assert!(bad("raft.node-id", "0").contains("raft.node-id"));
-    }
-
-    #[test]
-    fn env_names_and_flattening() {
-        assert_eq!(env_var("raft.node-id"), "FLOTILLA_RAFT_NODE_ID");
-        let flat = Settings::default().flatten();
-        assert_eq!(
-            flat.get("api.address").map(String::as_str),
-            Some("http://0.0.0.0:8443")
-        );
-        assert_eq!(flat.get("raft.node-id").map(String::as_str), Some("1"));
-    }
-}
+mod tests;
