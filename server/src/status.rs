@@ -21,6 +21,7 @@ pub fn kv_status(e: Error) -> Status {
         Error::TableNotFound => Status::not_found("table not found"),
         Error::TableExists => Status::invalid_argument("table already exists"),
         Error::InvalidArgument(msg) => Status::invalid_argument(msg),
+        e @ Error::WrongSender { .. } => Status::permission_denied(e.to_string()),
         Error::ReadTimeout => Status::unavailable("timeout"),
         Error::NotProposed(why) => match why {
             flotilla_tables::error::NotProposed::Overloaded => {

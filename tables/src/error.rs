@@ -19,6 +19,13 @@ pub enum Error {
     /// says how. Refused before anything changed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A peer sent a raft message claiming to come from another node (a forged `from`):
+    /// dropped unread.
+    #[error("raft message from node {claimed} arrived on a connection that does not speak for it")]
+    WrongSender {
+        /// The `from` the message carries.
+        claimed: u64,
+    },
     /// The group did not take the request: nothing was proposed, so retrying is safe.
     #[error("{0}")]
     NotProposed(NotProposed),

@@ -110,10 +110,15 @@ impl Router {
         self.group(group_id)?.step(msg)
     }
 
-    /// Decodes a raft message (the raft crate's encoding) and delivers it.
-    pub fn step_bytes(&self, group_id: u64, bytes: &[u8]) -> Result<()> {
+    /// Decodes a raft message that node `sender` sent (raft crate encoding) and steps it
+    /// into its group; a message whose `from` is not `sender` is refused
+    /// ([`Error::WrongSender`]), so one peer cannot speak for another.
+    pub fn step_from(&self, group_id: u64, bytes: &[u8], sender: u64) -> Result<()> {
         let msg = Message::parse_from_bytes(bytes)
             .map_err(|e| Error::InvalidArgument(format!("undecodable raft message: {e}")))?;
+        if msg.from != sender {
+            return Err(Error::WrongSender { claimed: msg.from });
+        }
         self.step(group_id, msg)
     }
 
@@ -145,12 +150,14 @@ impl Router {
         snapshot::read_chunks(&self.inner.engine, group_id, message, emit)
     }
 
-    /// Stages a snapshot stream from a peer and hands it to its group. Blocking.
+    /// Stages a snapshot stream from a peer and hands it to its group, if its sender is
+    /// one `may_send` accepts (the nodes the connection speaks for). Blocking.
     pub fn receive_snapshot(
         &self,
         chunks: impl IntoIterator<Item = Result<SnapshotChunk>>,
+        may_send: impl Fn(u64) -> bool,
     ) -> Result<()> {
-        let (group_id, msg) = snapshot::receive(&self.inner.snapshot_dir, chunks)?;
+        let (group_id, msg) = snapshot::receive(&self.inner.snapshot_dir, chunks, may_send)?;
         let data = msg.get_snapshot().data.clone();
         let delivered = self.group(group_id).and_then(|g| g.step(msg));
         if delivered.is_err() {

@@ -103,10 +103,12 @@ static STAGED: AtomicU64 = AtomicU64::new(0);
 
 /// Stages a snapshot streamed by [`read_chunks`] into a file under `dir`. Returns the
 /// group id and the `MsgSnapshot` to step into that group (see the module docs).
-/// Blocking. A stream that ends without its `last` chunk is an error, never a snapshot.
+/// Blocking. A stream that ends without its `last` chunk is an error, never a snapshot;
+/// one whose raft sender `may_send` refuses is [`Error::WrongSender`], before any staging.
 pub fn receive(
     dir: &Path,
     chunks: impl IntoIterator<Item = Result<SnapshotChunk>>,
+    may_send: impl Fn(u64) -> bool,
 ) -> Result<(u64, Message)> {
     let mut chunks = chunks.into_iter();
     let truncated = || Error::SnapshotStream("the stream ended early".into());
@@ -119,6 +121,10 @@ pub fn receive(
             "the stream carries a {:?}",
             msg.get_msg_type()
         )));
+    }
+    // Checked before anything is staged: a peer speaking for another node gets no disk.
+    if !may_send(msg.from) {
+        return Err(Error::WrongSender { claimed: msg.from });
     }
     let applied_bytes = chunks.next().ok_or_else(truncated)??.applied_state;
     let applied = AppliedState::decode(group_id, &applied_bytes)
@@ -325,7 +331,8 @@ mod tests {
         put(&b, keys::CF_DATA, keys::data_key(5, b"stale"), b"x");
         put(&b, keys::CF_DATA, keys::data_key(6, b"other"), b"y");
         let staging = b_dir.path().join("snapshots");
-        let (group, msg) = receive(&staging, chunks.into_iter().map(Ok)).expect("receive");
+        let (group, msg) =
+            receive(&staging, chunks.into_iter().map(Ok), |_| true).expect("receive");
         assert_eq!(group, 5);
         // The metadata says what the data reflects, not what the message asked for.
         let meta = msg.get_snapshot().get_metadata();
@@ -359,6 +366,7 @@ mod tests {
         let (_, msg) = receive(
             &b_dir.path().join("snapshots"),
             chunks_of(&a, 5, 7).into_iter().map(Ok),
+            |_| true,
         )
         .expect("receive");
         let job =
@@ -398,7 +406,7 @@ mod tests {
         chunks.pop();
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(matches!(
-            receive(dir.path(), chunks.into_iter().map(Ok)),
+            receive(dir.path(), chunks.into_iter().map(Ok), |_| true),
             Err(Error::SnapshotStream(_))
         ));
         assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
@@ -409,7 +417,8 @@ mod tests {
         let (_a, a) = sender();
         let (b_dir, b) = engine();
         let staging = b_dir.path().join("snapshots");
-        let (_, msg) = receive(&staging, chunks_of(&a, 5, 7).into_iter().map(Ok)).expect("receive");
+        let (_, msg) =
+            receive(&staging, chunks_of(&a, 5, 7).into_iter().map(Ok), |_| true).expect("receive");
         let staged = StagedSnapshot::decode(&msg.get_snapshot().data[..]).expect("decode");
         // Crash right after the synced marker batch: written as replace_table writes it.
         let mut record = Vec::new();

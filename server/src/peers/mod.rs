@@ -1,9 +1,11 @@
 //! Node-to-node traffic of a multi-node cluster over gRPC (`flotilla.raft.v1.Raft` on
 //! `--raft.address`): [`GrpcTransport`] sends, [`RaftService`] receives.
 
+mod auth;
 mod service;
 mod transport;
 
+pub use auth::PeerAuth;
 pub use service::{PeerDirectory, RaftService};
 pub use transport::GrpcTransport;
 

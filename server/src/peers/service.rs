@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{PeerAuth, Rejected};
+
 /// Client API addresses peers announced on their streams (raft id -> address), for
 /// Cluster/MemberList.
 pub type PeerDirectory = Arc<DashMap<u64, String>>;
@@ -20,6 +22,10 @@ pub type PeerDirectory = Arc<DashMap<u64, String>>;
 pub struct RaftService {
     router: Router,
     peers: PeerDirectory,
+    /// Which raft ids each connection may speak for.
+    auth: PeerAuth,
+    /// Largest snapshot stream staged (`raft.max-snapshot-size-bytes`).
+    max_snapshot_bytes: u64,
     /// Ends the peers' long-lived streams, which graceful shutdown would otherwise wait
     /// for forever.
     stop: CancellationToken,
@@ -27,11 +33,20 @@ pub struct RaftService {
 
 impl RaftService {
     /// Serves peers' traffic into `router`, recording their API addresses in `peers`,
-    /// until `stop`.
-    pub fn new(router: Router, peers: PeerDirectory, stop: CancellationToken) -> Self {
+    /// dropping what a connection may not send (`auth`) and snapshot streams larger than
+    /// `max_snapshot_bytes`, until `stop`.
+    pub fn new(
+        router: Router,
+        peers: PeerDirectory,
+        auth: PeerAuth,
+        max_snapshot_bytes: u64,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             router,
             peers,
+            auth,
+            max_snapshot_bytes,
             stop,
         }
     }
@@ -43,7 +58,11 @@ impl Raft for RaftService {
         &self,
         request: Request<Streaming<MessageBatch>>,
     ) -> Result<Response<Done>, Status> {
+        let speaks_for = self
+            .auth
+            .speaks_for(request.extensions().get::<flotilla_tls::ConnInfo>());
         let mut stream = request.into_inner();
+        let mut warned = false;
         loop {
             let batch = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -52,14 +71,36 @@ impl Raft for RaftService {
                     None => break,
                 },
             };
+            if let Some(ids) = &speaks_for
+                && !ids.contains(&batch.from)
+            {
+                self.auth
+                    .reject(Rejected::UnverifiedSender, batch.messages.len().max(1));
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(
+                        from = batch.from,
+                        ?ids,
+                        "dropping raft traffic: the peer's certificate does not cover the \
+                         raft address of the node it claims to be"
+                    );
+                }
+                continue;
+            }
             if !batch.api_address.is_empty() {
                 self.peers.insert(batch.from, batch.api_address);
             }
             for m in batch.messages {
                 // Undeliverable messages (a group this node does not have yet, a full
                 // mailbox) are dropped: raft resends.
-                if let Err(e) = self.router.step_bytes(m.group_id, &m.message) {
-                    tracing::trace!(group = m.group_id, from = batch.from, "dropped: {e}");
+                match self.router.step_from(m.group_id, &m.message, batch.from) {
+                    Ok(()) => {}
+                    Err(e @ Error::WrongSender { .. }) => {
+                        self.auth.reject(Rejected::ForgedFrom, 1);
+                        tracing::debug!(group = m.group_id, from = batch.from, "dropped: {e}");
+                    }
+                    Err(e) => {
+                        tracing::trace!(group = m.group_id, from = batch.from, "dropped: {e}");
+                    }
                 }
             }
         }
@@ -70,17 +111,33 @@ impl Raft for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<Done>, Status> {
+        let speaks_for = self
+            .auth
+            .speaks_for(request.extensions().get::<flotilla_tls::ConnInfo>());
         let mut stream = request.into_inner();
         // Staging writes a file: it runs on a blocking thread fed chunk by chunk, so at
         // most a couple of chunks are in memory.
         let (tx, mut rx) = mpsc::channel::<Result<SnapshotChunk, Error>>(2);
         let router = self.router.clone();
         let staged = tokio::task::spawn_blocking(move || {
-            router.receive_snapshot(std::iter::from_fn(move || rx.blocking_recv()))
+            router.receive_snapshot(std::iter::from_fn(move || rx.blocking_recv()), |from| {
+                speaks_for.as_ref().is_none_or(|ids| ids.contains(&from))
+            })
         });
+        let mut received = 0u64;
         loop {
             let next = match stream.message().await {
-                Ok(Some(chunk)) => Ok(chunk),
+                Ok(Some(chunk)) => {
+                    received += prost::Message::encoded_len(&chunk) as u64;
+                    if received > self.max_snapshot_bytes {
+                        Err(Error::SnapshotStream(format!(
+                            "the snapshot exceeds raft.max-snapshot-size-bytes ({} bytes)",
+                            self.max_snapshot_bytes
+                        )))
+                    } else {
+                        Ok(chunk)
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => Err(Error::SnapshotStream(e.to_string())),
             };
@@ -92,6 +149,11 @@ impl Raft for RaftService {
         drop(tx);
         match staged.await {
             Ok(Ok(())) => Ok(Response::new(Done {})),
+            Ok(Err(e @ Error::WrongSender { .. })) => {
+                self.auth.reject(Rejected::UnverifiedSnapshot, 1);
+                tracing::warn!("dropping a raft snapshot: {e}");
+                Err(crate::status::kv_status(e))
+            }
             Ok(Err(e)) => Err(crate::status::kv_status(e)),
             Err(e) => Err(crate::status::kv_status(Error::TaskFailed(e.to_string()))),
         }

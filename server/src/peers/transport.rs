@@ -12,6 +12,7 @@ use flotilla_proto::flotilla::raft::v1::raft_client::RaftClient;
 use flotilla_proto::flotilla::raft::v1::{GroupMessage, MessageBatch, SnapshotChunk};
 use flotilla_tables::Router;
 use flotilla_tables::transport::Transport;
+use flotilla_tls::TlsConnector;
 use prometheus::{IntCounterVec, Opts, Registry};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
@@ -42,6 +43,8 @@ const SNAPSHOTS_PER_PEER: usize = 2;
 /// Sends raft traffic to the other members over gRPC.
 pub struct GrpcTransport {
     me: u64,
+    /// Dials peers: plain TCP, or mutual TLS with the peer certificate.
+    connector: TlsConnector,
     /// This node's client API address, announced on the first batch of every stream.
     api_address: String,
     peers: BTreeMap<u64, Peer>,
@@ -70,12 +73,14 @@ impl std::fmt::Debug for GrpcTransport {
 
 impl GrpcTransport {
     /// A transport from node `me` to `members` (raft id -> raft address; `me` is
-    /// skipped). `api_address` is announced to peers for their MemberList. Link tasks
-    /// start on the current runtime when a node attaches, and stop on `cancel`.
+    /// skipped), dialled through `connector`. `api_address` is announced to peers for
+    /// their MemberList. Link tasks start on the current runtime when a node attaches, and
+    /// stop on `cancel`.
     pub fn new(
         me: u64,
         members: &BTreeMap<u64, String>,
         api_address: String,
+        connector: TlsConnector,
         registry: &Registry,
         cancel: CancellationToken,
     ) -> prometheus::Result<Arc<Self>> {
@@ -103,6 +108,7 @@ impl GrpcTransport {
             .collect();
         let transport = Arc::new(Self {
             me,
+            connector,
             api_address,
             peers,
             router: OnceLock::new(),
@@ -119,12 +125,13 @@ impl GrpcTransport {
             return;
         };
         let (addr, permits, router) = (peer.addr.clone(), peer.snapshots.clone(), router.clone());
+        let connector = self.connector.clone();
         let span = tracing::info_span!("snapshot", group = group_id, to);
         self.runtime.spawn(
             async move {
                 let sent = async {
                     let _permit = permits.acquire_owned().await.ok()?;
-                    stream_snapshot(&addr, group_id, msg, router.clone()).await
+                    stream_snapshot(&connector, &addr, group_id, msg, router.clone()).await
                 }
                 .await;
                 match &sent {
@@ -149,6 +156,7 @@ impl Transport for GrpcTransport {
             };
             let link = Link {
                 me: self.me,
+                connector: self.connector.clone(),
                 api_address: self.api_address.clone(),
                 peer: *id,
                 addr: peer.addr.clone(),
@@ -183,6 +191,7 @@ impl Transport for GrpcTransport {
 /// The task that keeps one peer's stream open and feeds it from the queue.
 struct Link {
     me: u64,
+    connector: TlsConnector,
     api_address: String,
     peer: u64,
     addr: String,
@@ -193,7 +202,7 @@ impl Link {
     async fn run(self, mut queue: mpsc::Receiver<(u64, Message)>) {
         let mut backoff = MIN_BACKOFF;
         loop {
-            match connect(&self.addr).await {
+            match connect(&self.connector, &self.addr).await {
                 Ok(channel) => {
                     tracing::debug!("connected");
                     backoff = MIN_BACKOFF;
@@ -285,21 +294,27 @@ impl Link {
     }
 }
 
-async fn connect(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{addr}"))?
+async fn connect(connector: &TlsConnector, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let scheme = if connector.is_tls() { "https" } else { "http" };
+    Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
         // A peer that vanishes without closing its socket is noticed within seconds.
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true)
-        .connect()
+        .connect_with_connector(connector.clone())
         .await
 }
 
 /// Streams one snapshot to the peer at `addr`; `Some` once the peer has taken it.
-async fn stream_snapshot(addr: &str, group_id: u64, msg: Message, router: Router) -> Option<()> {
-    let channel = connect(addr).await.ok()?;
+async fn stream_snapshot(
+    connector: &TlsConnector,
+    addr: &str,
+    group_id: u64,
+    msg: Message,
+    router: Router,
+) -> Option<()> {
+    let channel = connect(connector, addr).await.ok()?;
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(2);
     // Chunks taken by the stream so far: a transfer that stops taking them is abandoned,
     // or raft would wait for its outcome (and not replicate to that peer) forever.
