@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::format::RecordWriter;
+use crate::stall::StallingSender;
 
 /// Request metadata a Flotilla follower sends on Log/Replicate to keep the stream open
 /// once caught up (long poll); without it the stream ends there, as Armada's does.
@@ -44,6 +45,8 @@ pub struct LeaderService {
     max_batch_bytes: usize,
     /// Ends open streams on shutdown.
     stop: CancellationToken,
+    /// How long a snapshot export waits for a reader that takes nothing.
+    reader_stall: Duration,
 }
 
 impl LeaderService {
@@ -53,7 +56,15 @@ impl LeaderService {
             node,
             max_batch_bytes: max_send_bytes.saturating_sub(BATCH_OVERHEAD).max(1),
             stop,
+            reader_stall: crate::stall::READER_STALL,
         }
+    }
+
+    /// Cancels snapshot exports whose reader takes nothing for `stall` (default
+    /// [`crate::stall::READER_STALL`]).
+    pub fn with_reader_stall(mut self, stall: Duration) -> Self {
+        self.reader_stall = stall;
+        self
     }
 
     /// The table named `name`, if this node has it and (when the follower names one)
@@ -102,9 +113,10 @@ impl LeaderService {
     ) -> Option<SnapshotStream> {
         let table = self.table(table, expected_id).await?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let tx = StallingSender::new(tx, self.reader_stall);
         tokio::task::spawn_blocking(move || {
             if let Err(e) = write_full_snapshot(&table, &tx) {
-                let _ = tx.blocking_send(Err(e));
+                tx.send(Err(e));
             }
         });
         Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
@@ -175,7 +187,7 @@ impl LeaderService {
                 .table(&req.table, expected_id)
                 .await
                 .ok_or(Error::StreamTableNotFound(name))?;
-            return incremental_stream(table, req.leader_index).await;
+            return incremental_stream(table, req.leader_index, self.reader_stall).await;
         }
         self.full_snapshot(&req.table, expected_id)
             .await
@@ -328,8 +340,13 @@ type Verdict = Result<()>;
 
 /// Snapshot/Stream with `incremental`: the changes after `since` (WIRE.md §5.8-7), or
 /// the reason they cannot be told (a base before the GC horizon, or ahead of the leader).
-async fn incremental_stream(table: LocalTable, since: u64) -> Result<SnapshotStream> {
+async fn incremental_stream(
+    table: LocalTable,
+    since: u64,
+    stall: Duration,
+) -> Result<SnapshotStream> {
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let tx = StallingSender::new(tx, stall);
     let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel::<Verdict>();
     tokio::task::spawn_blocking(move || {
         let mut verdict = Some(verdict_tx);
@@ -348,7 +365,7 @@ async fn incremental_stream(table: LocalTable, since: u64) -> Result<SnapshotStr
             }
             None => {
                 if let Err(status) = refusal {
-                    let _ = tx.blocking_send(Err(status));
+                    tx.send(Err(status));
                 }
             }
         }
@@ -367,7 +384,7 @@ async fn incremental_stream(table: LocalTable, since: u64) -> Result<SnapshotStr
 fn write_incremental_snapshot(
     table: &LocalTable,
     since: u64,
-    tx: &mpsc::Sender<Result<SnapshotChunk>>,
+    tx: &StallingSender<Result<SnapshotChunk>>,
     verdict: &mut Option<tokio::sync::oneshot::Sender<Verdict>>,
 ) -> Result<ChangesRead> {
     let name = table.name().as_bytes().to_vec();
@@ -425,13 +442,12 @@ fn write_incremental_snapshot(
 
 /// Sends one chunk of a snapshot stream reflecting leader index `index`; false once the
 /// receiver is gone.
-fn send_chunk(tx: &mpsc::Sender<Result<SnapshotChunk>>, data: Vec<u8>, index: u64) -> bool {
-    tx.blocking_send(Ok(SnapshotChunk {
+fn send_chunk(tx: &StallingSender<Result<SnapshotChunk>>, data: Vec<u8>, index: u64) -> bool {
+    tx.send(Ok(SnapshotChunk {
         len: data.len() as u64,
         data,
         index,
     }))
-    .is_ok()
 }
 
 /// Encodes `cmd` and sends a chunk when one fills. False stops the export: the receiver
@@ -481,7 +497,10 @@ fn finish_snapshot(
 /// Streams table's full snapshot: one PUT per live key (with its revisions) in key
 /// order, then a DUMMY carrying the applied index the data reflects, which every chunk
 /// carries too.
-fn write_full_snapshot(table: &LocalTable, tx: &mpsc::Sender<Result<SnapshotChunk>>) -> Result<()> {
+fn write_full_snapshot(
+    table: &LocalTable,
+    tx: &StallingSender<Result<SnapshotChunk>>,
+) -> Result<()> {
     let name = table.name().as_bytes().to_vec();
     table.read_at_blocking(|at| {
         let index = at.applied()?.index;

@@ -7,5 +7,6 @@ pub mod follower;
 pub mod format;
 pub mod identity;
 pub mod leader;
+mod stall;
 
 pub use error::{Error, Result};

@@ -29,8 +29,9 @@ pub use source::LeaderSnapshots;
 use crate::error::{Error, Result};
 use crate::identity;
 
-/// A lazily connecting channel to the leader cluster's replication address.
-pub fn leader_channel(address: &str) -> Result<Channel> {
+/// A lazily connecting channel to the leader cluster's replication address, dialled
+/// through `connector` (plain, or TLS with the follower's replication credentials).
+pub fn leader_channel(address: &str, connector: flotilla_tls::TlsConnector) -> Result<Channel> {
     let uri = if address.contains("://") {
         address.to_owned()
     } else {
@@ -38,11 +39,10 @@ pub fn leader_channel(address: &str) -> Result<Channel> {
     };
     let endpoint = Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(2))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
 /// State the manager and the workers share.
