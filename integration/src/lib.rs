@@ -103,6 +103,12 @@ impl Process {
                 "RUST_LOG",
                 std::env::var("FLOTILLA_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            // The harness's own variables name no setting: a node refuses unknown
+            // FLOTILLA_* variables, so they are not passed on.
+            .env_remove("FLOTILLA_TEST_LOG")
+            .env_remove("FLOTILLA_BIN")
+            // Human-readable log lines in test output (JSON lines are for log shippers).
+            .env("FLOTILLA_DEV_MODE", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

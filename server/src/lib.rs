@@ -4,48 +4,41 @@
 //! binary wraps it with a CLI, and tests start it in-process on loopback.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod grpc_metrics;
 pub mod inspect;
 pub mod kv;
+mod listen;
 pub mod maintenance;
 pub mod metrics_svc;
 pub mod peers;
 pub mod replication_svc;
 pub mod rest;
+mod serve;
 pub mod snapshot_http;
 pub mod status;
 pub mod tables_svc;
 pub mod validate;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use flotilla_ops::Settings;
-use flotilla_proto::flotilla::raft::v1::raft_server::RaftServer;
-use flotilla_proto::flotilla::v1::inspect_server::InspectServer;
-use flotilla_proto::maintenance::v1::maintenance_server::MaintenanceServer;
-use flotilla_proto::regatta::v1::{
-    cluster_server::ClusterServer, kv_server::KvServer, metrics_server::MetricsServer,
-    tables_server::TablesServer,
-};
-use flotilla_proto::replication::v1::{
-    log_server::LogServer, metadata_server::MetadataServer, snapshot_server::SnapshotServer,
-};
 use flotilla_replication::follower::{self, FollowerConfig, LeaderSnapshots, ReplicationMetrics};
 use flotilla_replication::leader::LeaderService;
 use flotilla_tables::group::GroupConfig;
 use flotilla_tables::transport::{NoPeers, Transport};
 use flotilla_tables::{Node, NodeConfig};
+use flotilla_tls::ListenerOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
-use tonic::service::{Routes, RoutesBuilder};
 
 use crate::api::Api;
-use crate::replication_svc::ReplicationService;
 
 /// Largest gRPC message accepted (Armada's default).
 pub const MAX_RECV_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -64,8 +57,10 @@ pub enum Role {
 /// A started server.
 #[derive(Debug)]
 pub struct Running {
-    /// Where the gRPC API listens.
-    pub api_addr: SocketAddr,
+    /// Where the gRPC API listens (`None` on a Unix socket).
+    pub api_addr: Option<SocketAddr>,
+    /// The API's Unix socket (`unix://` / `unixs://` addresses).
+    pub api_socket: Option<PathBuf>,
     /// Where /metrics and /healthz listen.
     pub rest_addr: SocketAddr,
     /// Where peers' raft traffic arrives (multi-node clusters only).
@@ -103,11 +98,17 @@ impl Running {
 pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let registry = flotilla_ops::telemetry::new_registry();
     let members = settings.members()?;
+    let stop = CancellationToken::new();
+    // Every TLS file is read (and refused, naming its flag) before anything binds.
+    let tls = listen::Tls::load(&settings, role, stop.clone())?;
     let replication = match role {
         Role::Leader => None,
         Role::Follower => {
-            let channel = follower::leader_channel(&settings.replication.leader_address)
-                .context("replication.leader-address")?;
+            let channel = follower::leader_channel(
+                &settings.replication.leader_address,
+                tls.leader_connector.clone(),
+            )
+            .context("replication.leader-address")?;
             let metrics = ReplicationMetrics::new(&registry)?;
             let source = LeaderSnapshots::new(
                 channel.clone(),
@@ -136,11 +137,18 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
             .as_ref()
             .map(|(_, source, _)| Arc::new(source.clone()) as _),
     };
-    let stop = CancellationToken::new();
     let peer_directory = peers::PeerDirectory::default();
     // Bound before the node opens: peers may dial as soon as our groups talk to them.
     let raft_listener = if members.len() > 1 {
         let addr = settings.raft_listen()?;
+        if tls.peer_server.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "raft.address is reachable from other machines without TLS: peers are not \
+                 authenticated, so this is for trusted networks only (set raft.tls-cert-file, \
+                 raft.tls-key-file and raft.tls-ca-file)"
+            );
+        }
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding raft.address {}", settings.raft.address))?;
@@ -153,6 +161,7 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
             settings.raft.node_id,
             &members,
             settings.api.advertise_address.clone(),
+            tls.peer_connector.clone(),
             &registry,
             stop.clone(),
         )?
@@ -178,6 +187,7 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let peer_auth = peers::PeerAuth::new(tls.peer_server.is_some(), &members, &registry)?;
     let api = Api {
         node: node.clone(),
         settings: Arc::new(settings.clone()),
@@ -187,47 +197,91 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
         follower,
     };
 
-    let api_listener = TcpListener::bind(settings.api_listen()?)
-        .await
-        .with_context(|| format!("binding api.address {}", settings.api.address))?;
+    let api_listen = settings.api_listen()?;
+    let api_listener = listen::bind(&api_listen.addr, "api.address", &settings.api.address).await?;
     let rest_listener = TcpListener::bind(settings.rest_listen()?)
         .await
         .with_context(|| format!("binding rest.address {}", settings.rest.address))?;
-    let api_addr = api_listener.local_addr()?;
+    let api_addr = api_listener.local_addr();
+    let api_socket = match &api_listen.addr {
+        flotilla_ops::settings::ListenAddr::Unix(path) => Some(path.clone()),
+        flotilla_ops::settings::ListenAddr::Tcp(_) => None,
+    };
     let rest_addr = rest_listener.local_addr()?;
 
     let replication_addr = match role {
-        Role::Leader => {
-            let listener = TcpListener::bind(settings.replication_listen()?)
-                .await
-                .with_context(|| {
-                    format!(
-                        "binding replication.address {}",
-                        settings.replication.address
-                    )
-                })?;
-            let addr = listener.local_addr()?;
+        Role::Leader if settings.replication.enabled => {
+            let listen = settings.replication_listen()?;
+            let listener = listen::bind(
+                &listen.addr,
+                "replication.address",
+                &settings.replication.address,
+            )
+            .await?;
+            let addr = listener.local_addr();
             let max_send = usize::try_from(settings.replication.max_send_message_size_bytes)?;
-            tasks.push(tokio::spawn(serve_replication(
+            let options = ListenerOptions {
+                tls: tls.replication_server.clone(),
+                max_connections: None,
+                tcp_keepalive: Some(Duration::from_secs(60)),
+            };
+            tasks.push(tokio::spawn(serve::serve_replication(
                 api.clone(),
                 LeaderService::new(node.clone(), max_send, stop.clone()),
                 listener,
+                options,
                 stop.clone(),
             )));
-            Some(addr)
+            addr
         }
-        Role::Follower => None,
+        Role::Leader | Role::Follower => None,
     };
     let raft_addr = match raft_listener {
         Some(listener) => {
             let addr = listener.local_addr()?;
-            let service = peers::RaftService::new(node.router(), peer_directory, stop.clone());
-            tasks.push(tokio::spawn(serve_raft(service, listener, stop.clone())));
+            let service = peers::RaftService::new(
+                node.router(),
+                peer_directory,
+                peer_auth,
+                settings.raft.max_snapshot_size_bytes,
+                stop.clone(),
+            );
+            let options = ListenerOptions {
+                tls: tls.peer_server.clone(),
+                max_connections: None,
+                tcp_keepalive: Some(Duration::from_secs(10)),
+            };
+            tasks.push(tokio::spawn(serve::serve_raft(
+                service,
+                flotilla_tls::Listener::Tcp(listener),
+                options,
+                stop.clone(),
+            )));
             Some(addr)
         }
         None => None,
     };
-    let grpc_task = tokio::spawn(serve_grpc(api.clone(), api_listener, stop.clone()));
+    let api_options = ListenerOptions {
+        tls: tls.api_server.clone(),
+        max_connections: match settings.api.max_concurrent_connections {
+            0 => None,
+            n => Some(usize::try_from(n)?),
+        },
+        tcp_keepalive: Some(Duration::from_secs(60)),
+    };
+    let limits = serve::ApiLimits {
+        max_concurrent_streams: match settings.api.max_concurrent_streams {
+            0 => None,
+            n => Some(n),
+        },
+    };
+    let grpc_task = tokio::spawn(serve::serve_api(
+        api.clone(),
+        api_listener,
+        api_options,
+        limits,
+        stop.clone(),
+    ));
     let rest_task = {
         let stop = stop.clone();
         let router = rest::router(api);
@@ -241,11 +295,12 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
             }
         })
     };
-    tracing::info!(%api_addr, %rest_addr, ?raft_addr, ?replication_addr, ?role, "flotilla serving");
+    tracing::info!(?api_addr, ?api_socket, %rest_addr, ?raft_addr, ?replication_addr, ?role, "flotilla serving");
     tasks.push(grpc_task);
     tasks.push(rest_task);
     Ok(Running {
         api_addr,
+        api_socket,
         rest_addr,
         raft_addr,
         replication_addr,
@@ -253,153 +308,4 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
         stop,
         tasks,
     })
-}
-
-async fn serve_raft(service: peers::RaftService, listener: TcpListener, stop: CancellationToken) {
-    let server = RaftServer::new(service)
-        .max_decoding_message_size(peers::MAX_PEER_MESSAGE_BYTES)
-        .max_encoding_message_size(peers::MAX_PEER_MESSAGE_BYTES);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(10)));
-    let served = tonic::transport::Server::builder()
-        // Notice a peer that vanished without closing its streams.
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
-        .add_service(server)
-        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::error!("raft server failed: {e}");
-        stop.cancel();
-    }
-}
-
-/// A public gRPC service as both ports serve it: gzip/zstd requests accepted (Armada
-/// followers send gzip), Armada's receive limit, and the given send limit.
-macro_rules! svc {
-    ($server:ident, $max_send:expr, $svc:expr) => {
-        $server::new($svc)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd)
-            .max_decoding_message_size(MAX_RECV_MESSAGE_BYTES)
-            .max_encoding_message_size($max_send)
-    };
-}
-
-/// Largest message the replication port sends (a batch can exceed its byte budget by one
-/// large command).
-const LEADER_SEND: usize = follower::source::MAX_LEADER_MESSAGE_BYTES;
-
-/// The replication port of a leader cluster node: Metadata, Log, Snapshot, and KV for
-/// writes forwarded by followers (Armada followers send them gzip-compressed).
-async fn serve_replication(
-    api: Api,
-    service: LeaderService,
-    listener: TcpListener,
-    stop: CancellationToken,
-) {
-    let mut routes = Routes::builder();
-    routes
-        .add_service(svc!(
-            MetadataServer,
-            LEADER_SEND,
-            ReplicationService::new(service.clone())
-        ))
-        .add_service(svc!(
-            LogServer,
-            LEADER_SEND,
-            ReplicationService::new(service.clone())
-        ))
-        .add_service(svc!(
-            SnapshotServer,
-            LEADER_SEND,
-            ReplicationService::new(service.clone())
-        ))
-        .add_service(svc!(KvServer, LEADER_SEND, kv::KvService::new(api)));
-    add_reflection(&mut routes);
-    // Plain HTTP GETs of snapshot objects share the port with gRPC (HTTP/1.1 or h2c).
-    let app = routes
-        .routes()
-        .into_axum_router()
-        .merge(snapshot_http::router(service));
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    let served = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .add_routes(Routes::from(app))
-        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::error!("replication server failed: {e}");
-        stop.cancel();
-    }
-}
-
-/// Adds gRPC server reflection over the public protos (WIRE.md §5.11).
-fn add_reflection(routes: &mut RoutesBuilder) {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .build_v1();
-    let alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha();
-    match (v1, alpha) {
-        (Ok(r), Ok(a)) => {
-            routes.add_service(r).add_service(a);
-        }
-        (r, a) => tracing::warn!("gRPC reflection unavailable: {:?} {:?}", r.err(), a.err()),
-    }
-}
-
-async fn serve_grpc(api: Api, listener: TcpListener, stop: CancellationToken) {
-    let mut routes = Routes::builder();
-    routes
-        .add_service(svc!(
-            KvServer,
-            MAX_SEND_MESSAGE_BYTES,
-            kv::KvService::new(api.clone())
-        ))
-        .add_service(svc!(
-            TablesServer,
-            MAX_SEND_MESSAGE_BYTES,
-            tables_svc::TablesService::new(api.clone())
-        ))
-        .add_service(svc!(
-            ClusterServer,
-            MAX_SEND_MESSAGE_BYTES,
-            cluster::ClusterService::new(api.clone())
-        ))
-        .add_service(svc!(
-            MetricsServer,
-            MAX_SEND_MESSAGE_BYTES,
-            metrics_svc::MetricsService::new(api.clone())
-        ))
-        .add_service(svc!(
-            MaintenanceServer,
-            MAX_SEND_MESSAGE_BYTES,
-            maintenance::MaintenanceService::new(api.clone())
-        ))
-        .add_service(svc!(
-            InspectServer,
-            MAX_SEND_MESSAGE_BYTES,
-            inspect::InspectService::new(api.clone())
-        ));
-    add_reflection(&mut routes);
-    // Small responses are written as several HTTP/2 frames; without TCP_NODELAY, Nagle
-    // holds the last one until the client's delayed ACK (~40 ms per call).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)));
-    let served = tonic::transport::Server::builder()
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        tracing::error!("gRPC server failed: {e}");
-        stop.cancel();
-    }
 }

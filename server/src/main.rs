@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Arg, ArgAction, Command};
 use flotilla_ops::Settings;
-use flotilla_ops::settings::{KEYS, env_var};
+use flotilla_ops::settings::{CONFIG_ENV, KEYS, SWITCHES, check_environment, env_var};
 use flotilla_server::Role;
 
 fn cli() -> Command {
@@ -29,24 +29,45 @@ fn node_command(name: &'static str, about: &'static str) -> Command {
     let mut cmd = Command::new(name).about(about).arg(
         Arg::new("config")
             .long("config")
-            .env("FLOTILLA_CONFIG")
+            .env(CONFIG_ENV)
             .value_name("FILE")
-            .help("Config file (TOML, YAML or JSON); flags and FLOTILLA_* variables override it"),
+            .help(
+                "Config file (TOML, YAML or JSON); flags and FLOTILLA_* variables override it \
+                 [default: config.{toml,yaml,json} in /etc/flotilla/, $HOME/.flotilla/ or .]",
+            ),
     );
     for (key, help) in KEYS {
-        cmd = cmd.arg(
-            Arg::new(*key)
-                .long(*key)
-                .env(env_var(key))
-                .value_name("VALUE")
-                .action(ArgAction::Set)
-                .help(*help),
-        );
+        let mut arg = Arg::new(*key)
+            .long(*key)
+            .env(env_var(key))
+            .value_name("VALUE")
+            .action(ArgAction::Set)
+            .help(*help);
+        if SWITCHES.contains(key) {
+            // `--api.client-cert-auth` alone means true, as with Armada's flags.
+            arg = arg
+                .value_name("BOOL")
+                .num_args(0..=1)
+                .default_missing_value("true");
+        }
+        cmd = cmd.arg(arg);
     }
     cmd
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line naming what is wrong (e.g. the flag and the file), not a backtrace.
+            eprintln!("flotilla: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
+    check_environment(std::env::vars())?;
     let matches = cli().get_matches();
     let (role, args) = match matches.subcommand() {
         Some(("leader", args)) => (Role::Leader, args),
@@ -59,9 +80,15 @@ fn main() -> anyhow::Result<()> {
             overrides.insert((*key).to_owned(), v.clone());
         }
     }
-    let file = args.get_one::<String>("config").map(PathBuf::from);
-    let settings = Settings::load(file.as_deref(), &overrides).context("loading settings")?;
-    flotilla_ops::telemetry::init_tracing();
+    let file = args
+        .get_one::<String>("config")
+        .map(PathBuf::from)
+        .or_else(Settings::discover_file);
+    let settings = Settings::load(file.as_deref(), &overrides).with_context(|| match &file {
+        Some(f) => format!("loading settings (config file {})", f.display()),
+        None => "loading settings".to_owned(),
+    })?;
+    flotilla_ops::telemetry::init_tracing(&settings.log_level, settings.dev_mode)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("api")
@@ -84,9 +111,13 @@ async fn run(settings: Settings, role: Role) -> anyhow::Result<()> {
         Role::Leader => "leader",
         Role::Follower => "follower",
     };
+    let api = match (&running.api_addr, &running.api_socket) {
+        (Some(addr), _) => addr.to_string(),
+        (None, Some(path)) => format!("unix://{}", path.display()),
+        (None, None) => "?".to_owned(),
+    };
     println!(
-        "flotilla {name}: API (gRPC) on {}, metrics on http://{}/metrics, data in {}{raft}{replication}",
-        running.api_addr,
+        "flotilla {name}: API (gRPC) on {api}, metrics on http://{}/metrics, data in {}{raft}{replication}",
         running.rest_addr,
         data_dir.display()
     );

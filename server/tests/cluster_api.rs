@@ -15,11 +15,14 @@ use flotilla_server::Running;
 use tonic::transport::Channel;
 
 async fn channel(running: &Running) -> Channel {
-    Channel::from_shared(format!("http://{}", running.api_addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect")
+    Channel::from_shared(format!(
+        "http://{}",
+        running.api_addr.expect("TCP API address")
+    ))
+    .expect("uri")
+    .connect()
+    .await
+    .expect("connect")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,11 +48,14 @@ impl TestServer {
         let running = flotilla_server::start(settings, role)
             .await
             .expect("server starts");
-        let channel = Channel::from_shared(format!("http://{}", running.api_addr))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = Channel::from_shared(format!(
+            "http://{}",
+            running.api_addr.expect("TCP API address")
+        ))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
         Self {
             running: Some(running),
             dir,
