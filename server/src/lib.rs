@@ -128,6 +128,7 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
             tick: settings.tick()?,
             election_ticks: usize::try_from(settings.raft.election_rtt)?,
             heartbeat_ticks: usize::try_from(settings.raft.heartbeat_rtt)?,
+            hibernate_after_ticks: settings.raft.hibernate_rtt,
             log_retention_entries: settings.raft.log_retention_entries,
             log_retention_bytes: settings.raft.log_retention_bytes,
             ..GroupConfig::default()

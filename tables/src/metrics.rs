@@ -15,6 +15,8 @@ pub struct TablesMetrics {
     applied: IntGaugeVec,
     snapshots: IntGaugeVec,
     proposals: IntCounterVec,
+    /// Groups of this node that sleep for lack of work (see `group/hibernate.rs`).
+    hibernating: IntGauge,
     /// Approximate size of the node's RocksDB in bytes (SST files plus memtables).
     pub db_size: IntGauge,
 }
@@ -48,6 +50,10 @@ impl TablesMetrics {
                 ),
                 &["table"],
             )?,
+            hibernating: IntGauge::new(
+                "flotilla_raft_hibernating_groups",
+                "Raft groups on this node that stopped ticking for lack of work",
+            )?,
             db_size: IntGauge::new(
                 "flotilla_rocksdb_size_bytes",
                 "Approximate RocksDB size (SST + memtables)",
@@ -59,6 +65,7 @@ impl TablesMetrics {
         registry.register(Box::new(m.applied.clone()))?;
         registry.register(Box::new(m.snapshots.clone()))?;
         registry.register(Box::new(m.proposals.clone()))?;
+        registry.register(Box::new(m.hibernating.clone()))?;
         registry.register(Box::new(m.db_size.clone()))?;
         Ok(m)
     }
@@ -72,6 +79,7 @@ impl TablesMetrics {
             applied: self.applied.with_label_values(&[table]),
             snapshots: self.snapshots.with_label_values(&[table]),
             proposals: self.proposals.with_label_values(&[table]),
+            hibernating: self.hibernating.clone(),
         }
     }
 
@@ -100,6 +108,8 @@ pub struct GroupMetrics {
     snapshots: IntGauge,
     /// Proposals made through this node.
     pub proposals: IntCounter,
+    /// The node's count of hibernating groups (shared by all its groups).
+    pub hibernating: IntGauge,
 }
 
 impl GroupMetrics {

@@ -19,6 +19,7 @@ pub(crate) trait Inbox: Send + Sync {
     fn step(&self, msg: Message) -> Result<()>;
     fn report_unreachable(&self, peer: u64) -> Result<()>;
     fn report_snapshot(&self, peer: u64, ok: bool) -> Result<()>;
+    fn wake(&self) -> Result<()>;
 }
 
 impl<O: Send + 'static> Inbox for GroupHandle<O> {
@@ -32,6 +33,10 @@ impl<O: Send + 'static> Inbox for GroupHandle<O> {
 
     fn report_snapshot(&self, peer: u64, ok: bool) -> Result<()> {
         GroupHandle::report_snapshot(self, peer, ok)
+    }
+
+    fn wake(&self) -> Result<()> {
+        GroupHandle::wake(self)
     }
 }
 
@@ -120,6 +125,16 @@ impl Router {
             return Err(Error::WrongSender { claimed: msg.from });
         }
         self.step(group_id, msg)
+    }
+
+    /// Wakes every hibernating group of this node: a peer connected (it may have
+    /// restarted and need catching up) or went away (it may have led some of them, and
+    /// only ticking groups notice a lost leader).
+    pub fn wake_all(&self) {
+        for g in self.inner.groups.iter() {
+            // A full mailbox means a busy group, awake anyway.
+            let _ = g.value().wake();
+        }
     }
 
     /// Tells group `group_id` that `peer` could not be reached.

@@ -77,6 +77,16 @@ impl MemoryNetwork {
     /// Forgets node `node_id` (it stopped); messages to it are dropped until it reattaches.
     pub fn detach(&self, node_id: u64) {
         self.routers.write().remove(&node_id);
+        self.links_changed();
+    }
+
+    /// What the real transport does when a peer's connection opens or ends: every node
+    /// wakes its hibernating groups.
+    fn links_changed(&self) {
+        let routers: Vec<Router> = self.routers.read().values().cloned().collect();
+        for router in routers {
+            router.wake_all();
+        }
     }
 
     /// Cuts the link between `a` and `b`, both directions.
@@ -84,6 +94,8 @@ impl MemoryNetwork {
         let mut f = self.filter.lock();
         f.cut.insert((a, b));
         f.cut.insert((b, a));
+        drop(f);
+        self.links_changed();
     }
 
     /// Cuts the link between `a` and `b` for group `group_id` only, both directions: the
@@ -92,6 +104,8 @@ impl MemoryNetwork {
         let mut f = self.filter.lock();
         f.cut_groups.insert((group_id, a, b));
         f.cut_groups.insert((group_id, b, a));
+        drop(f);
+        self.links_changed();
     }
 
     /// Cuts `node` off from every node in `others`.
@@ -108,6 +122,8 @@ impl MemoryNetwork {
         f.cut_groups.clear();
         f.drop_percent = 0;
         f.max_delay = Duration::ZERO;
+        drop(f);
+        self.links_changed();
     }
 
     /// Drops this share (0-100) of messages at random.
@@ -209,6 +225,7 @@ struct MemoryTransport {
 impl Transport for MemoryTransport {
     fn attach(&self, router: Router) {
         self.net.routers.write().insert(self.from, router);
+        self.net.links_changed();
     }
 
     fn send(&self, group_id: u64, msgs: Vec<Message>) {

@@ -85,6 +85,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "Heartbeat interval in ticks [default: 1]",
     ),
     (
+        "raft.hibernate-rtt",
+        "Idle ticks after which a table's group stops ticking until it has work; 0 = never [default: 40]",
+    ),
+    (
         "raft.log-retention-entries",
         "Applied entries kept per table [default: 10000]",
     ),

@@ -145,6 +145,9 @@ pub struct RaftSettings {
     pub election_rtt: u64,
     /// Heartbeat interval in ticks.
     pub heartbeat_rtt: u64,
+    /// Idle ticks after which a table's group hibernates (stops ticking and
+    /// heartbeating until it has work); 0 keeps every group ticking.
+    pub hibernate_rtt: u64,
     /// Applied log entries kept per table before older ones are compacted away.
     pub log_retention_entries: u64,
     /// Approximate log bytes kept per table; whichever retention bound is hit first wins.
@@ -249,6 +252,7 @@ impl Default for RaftSettings {
             rtt: "50ms".into(),
             election_rtt: 20,
             heartbeat_rtt: 1,
+            hibernate_rtt: 40,
             log_retention_entries: 10_000,
             log_retention_bytes: 64 << 20,
             threads: 2,

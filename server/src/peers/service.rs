@@ -63,6 +63,9 @@ impl Raft for RaftService {
             .speaks_for(request.extensions().get::<flotilla_tls::ConnInfo>());
         let mut stream = request.into_inner();
         let mut warned = false;
+        // Set once the peer is heard from: its arrival and its departure wake this
+        // node's hibernating groups.
+        let mut presence: Option<PeerPresence> = None;
         loop {
             let batch = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -85,6 +88,9 @@ impl Raft for RaftService {
                     );
                 }
                 continue;
+            }
+            if presence.is_none() {
+                presence = Some(PeerPresence::arrived(&self.router, &self.stop));
             }
             if !batch.api_address.is_empty() {
                 self.peers.insert(batch.from, batch.api_address);
@@ -156,6 +162,32 @@ impl Raft for RaftService {
             }
             Ok(Err(e)) => Err(crate::status::kv_status(e)),
             Err(e) => Err(crate::status::kv_status(Error::TaskFailed(e.to_string()))),
+        }
+    }
+}
+
+/// A peer's stream, seen from the groups: hibernating groups wake when it opens (the
+/// peer may have restarted and need catching up) and when it ends however it ends (the
+/// peer may have led some of them; only ticking groups notice a lost leader).
+struct PeerPresence {
+    router: Router,
+    stop: CancellationToken,
+}
+
+impl PeerPresence {
+    fn arrived(router: &Router, stop: &CancellationToken) -> Self {
+        router.wake_all();
+        Self {
+            router: router.clone(),
+            stop: stop.clone(),
+        }
+    }
+}
+
+impl Drop for PeerPresence {
+    fn drop(&mut self) {
+        if !self.stop.is_cancelled() {
+            self.router.wake_all();
         }
     }
 }

@@ -50,6 +50,8 @@ pub(super) enum Request<O> {
     },
     /// Start an election now instead of after the election timeout.
     Campaign,
+    /// Tick again if hibernating (a peer connected or went away).
+    Wake,
 }
 
 /// Longest wait for raft to answer a ReadIndex.
@@ -148,6 +150,11 @@ impl<O: Send + 'static> GroupHandle<O> {
     /// instead of every replica waiting out an election timeout.
     pub fn campaign(&self) -> Result<()> {
         self.send(Request::Campaign)
+    }
+
+    /// Makes a hibernating group tick again (see `hibernate.rs`).
+    pub fn wake(&self) -> Result<()> {
+        self.send(Request::Wake)
     }
 
     /// Tells raft how sending a snapshot to `peer` ended.

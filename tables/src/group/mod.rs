@@ -10,20 +10,23 @@
 //!
 //! The parts: [`handle`] (the mailbox and what the task publishes), [`proposals`] (who
 //! waits for what), [`reads`] (ReadIndex), [`ready`] (the Ready loop: persist, apply,
-//! compact), [`install`] (raft snapshot installs and loads from outside the log).
+//! compact), [`install`] (raft snapshot installs and loads from outside the log),
+//! [`hibernate`] (idle groups stop ticking), [`step`] (peers' messages in).
 
 mod fence;
 mod handle;
+mod hibernate;
 mod install;
 mod proposals;
 mod reads;
 mod ready;
+mod step;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use raft::eraftpb::{Message, MessageType, Snapshot};
+use raft::eraftpb::{Message, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use rocksdb::WriteBatch;
 use tokio::sync::{mpsc, watch};
@@ -40,6 +43,7 @@ use crate::raft_storage::RaftStorage;
 use crate::snapshot::InstallJob;
 use crate::transport::Transport;
 use handle::Request;
+use hibernate::Hibernation;
 use install::{Installing, Paused};
 use proposals::{Proposals, Reply};
 use reads::Reads;
@@ -115,6 +119,9 @@ pub struct GroupConfig {
     /// Bytes of proposed entries a leader holds uncommitted before it refuses new
     /// proposals (`Overloaded`): a slow disk makes writers wait, never the node OOM.
     pub max_uncommitted_bytes: u64,
+    /// Idle ticks after which a leader puts its group to sleep (see `hibernate.rs`);
+    /// 0 keeps every group ticking.
+    pub hibernate_after_ticks: u64,
 }
 
 impl Default for GroupConfig {
@@ -128,6 +135,8 @@ impl Default for GroupConfig {
             log_retention_bytes: 64 << 20,
             mailbox_capacity: 4096,
             max_uncommitted_bytes: 64 << 20,
+            // Two election timeouts: a group that just elected or wrote stays awake.
+            hibernate_after_ticks: 40,
         }
     }
 }
@@ -261,6 +270,7 @@ pub fn spawn<M: StateMachine>(
         paused: None,
         load_generation: 0,
         fence,
+        hibernation: Hibernation::default(),
     };
     // No parent: a table's group is often spawned while the catalog applies its create.
     let span = tracing::info_span!(parent: None, "group", table = %name, id);
@@ -310,6 +320,8 @@ struct RaftGroup<M: StateMachine> {
     load_generation: u64,
     /// While this replica may not vote in every term (it lost its raft state).
     fence: Option<fence::VoteFence>,
+    /// Whether the group sleeps (stops ticking) for lack of work.
+    hibernation: Hibernation,
 }
 
 /// Ticks between sweeps that forget requests whose callers gave up.
@@ -330,7 +342,7 @@ impl<M: StateMachine> RaftGroup<M> {
                 biased;
                 _ = cancel.cancelled() => break,
                 // Ticks first: a busy mailbox must never starve heartbeats and elections.
-                _ = ticker.tick() => self.on_tick(),
+                _ = ticker.tick(), if !self.hibernation.is_asleep() => self.on_tick(),
                 Some(event) = self.events.recv() => {
                     if let Err(e) = self.on_event(event) {
                         tracing::error!("group stopped: {e}");
@@ -352,6 +364,18 @@ impl<M: StateMachine> RaftGroup<M> {
                 tracing::error!("group stopped: {e}");
                 break;
             }
+            self.maybe_follow_to_sleep();
+            if self.hibernation.is_asleep() && !self.is_quiet() {
+                // Whatever a sleeping group was handed left it work: tick until done.
+                self.wake();
+            }
+            if self.hibernation.take_woke() {
+                // The first tick comes a full period after waking, as after a real one.
+                ticker.reset();
+            }
+        }
+        if self.hibernation.is_asleep() {
+            self.metrics.hibernating.dec();
         }
         self.fail_all();
         // Let the log writer and any install job finish what they have for us before the
@@ -392,6 +416,20 @@ impl<M: StateMachine> RaftGroup<M> {
             tracing::info!(term = self.raw_node.raft.term, "vote fence lifted");
             self.fence = None;
         }
+        // Judged before the tick, which makes heartbeats: the last Ready is handled.
+        let idle = self.raw_node.raft.state == StateRole::Leader && self.is_quiet();
+        if self
+            .hibernation
+            .leader_tick(idle, self.config.hibernate_after_ticks)
+        {
+            // The notices are the last heartbeats: no tick after them.
+            self.send(hibernate::notices(&self.raw_node));
+            if self.hibernation.sleep() {
+                self.metrics.hibernating.inc();
+            }
+            tracing::debug!(term = self.raw_node.raft.term, "idle: hibernating");
+            return;
+        }
         self.raw_node.tick();
         self.ticks += 1;
         self.reads.retry_stale(self.ticks);
@@ -403,7 +441,22 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn on_request(&mut self, req: Request<M::Output>) {
+        match &req {
+            // A leader's notice does not wake a follower (it may put it to sleep).
+            Request::Step(msg) if hibernate::is_notice(msg) => self.hibernation.observe(msg),
+            // Nor does a heartbeat's answer wake the leader: it answers a notice, or a
+            // heartbeat sent before the leader went to sleep.
+            Request::Step(msg) if hibernate::is_heartbeat_answer(msg) => {}
+            // A heartbeat wakes a sleeping follower (its leader is awake) but is no
+            // work: an idle leader sends them until it goes to sleep.
+            Request::Step(msg) if hibernate::is_heartbeat(msg) => self.wake(),
+            _ => {
+                self.wake();
+                self.hibernation.busy();
+            }
+        }
         match req {
+            Request::Wake => {}
             Request::Step(msg) => self.step(*msg),
             Request::Unreachable { peer } => self.raw_node.report_unreachable(peer),
             Request::Campaign => {
@@ -433,82 +486,6 @@ impl<M: StateMachine> RaftGroup<M> {
                 }
             }
             Request::Propose { data, reply } => self.propose(data, reply),
-        }
-    }
-
-    fn step(&mut self, mut msg: Message) {
-        if let Some(fence) = &mut self.fence {
-            fence.observe(&msg);
-            if fence.blocks(&msg) {
-                tracing::debug!(from = msg.from, term = msg.term, "vote request fenced");
-                return;
-            }
-        }
-        self.repair_lost_log(&mut msg);
-        let snapshot = (msg.get_msg_type() == MessageType::MsgSnapshot).then(|| {
-            (
-                msg.get_snapshot().get_metadata().index,
-                msg.get_snapshot().data.clone(),
-            )
-        });
-        if let Err(e) = self.raw_node.step(msg) {
-            tracing::debug!("step: {e}");
-        }
-        if let Some((index, data)) = snapshot {
-            let taken = self
-                .raw_node
-                .raft
-                .raft_log
-                .unstable_snapshot()
-                .as_ref()
-                .is_some_and(|s| s.get_metadata().index == index && s.data == data);
-            if !taken {
-                crate::snapshot::discard(&data);
-            }
-        }
-    }
-
-    /// Lets a replica that lost its log (restarted with a fresh data dir) rejoin. Raft
-    /// assumes persisted state is never lost: the leader still believes the replica holds
-    /// what it acknowledged, sends it heartbeats committing entries it no longer has (on
-    /// which raft-rs panics) and ignores its rejections as stale. So a follower commits
-    /// only entries it holds and answers such a heartbeat with a rejection naming its last
-    /// index; a leader that hears a rejection hinting at less than the replica had
-    /// acknowledged starts replicating to it afresh (from the log, or by snapshot).
-    /// Lowering `matched` is conservative: it can only delay commits.
-    fn repair_lost_log(&mut self, msg: &mut Message) {
-        let raft = &mut self.raw_node.raft;
-        match msg.get_msg_type() {
-            MessageType::MsgHeartbeat if msg.commit > raft.raft_log.last_index() => {
-                // The leader believes we hold entries we do not have; tell it, in the
-                // form it acts on (a rejection hinting at our last index).
-                let last = raft.raft_log.last_index();
-                let mut reply = Message::default();
-                reply.set_msg_type(MessageType::MsgAppendResponse);
-                reply.to = msg.from;
-                reply.from = self.config.node_id;
-                reply.term = msg.term;
-                reply.reject = true;
-                reply.index = msg.commit;
-                reply.reject_hint = last;
-                msg.commit = last;
-                self.send(vec![reply]);
-            }
-            MessageType::MsgAppendResponse if msg.reject && raft.state == StateRole::Leader => {
-                if let Some(pr) = raft.mut_prs().get_mut(msg.from)
-                    && msg.reject_hint < pr.matched
-                {
-                    tracing::warn!(
-                        peer = msg.from,
-                        acknowledged = pr.matched,
-                        holds = msg.reject_hint,
-                        "a replica lost log entries it had acknowledged; replicating to it afresh"
-                    );
-                    pr.matched = msg.reject_hint;
-                    pr.become_probe();
-                }
-            }
-            _ => {}
         }
     }
 
@@ -547,6 +524,8 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn on_event(&mut self, event: Event) -> Result<()> {
+        self.wake();
+        self.hibernation.busy();
         match event {
             Event::Persisted { number, result } => {
                 result?;
@@ -613,6 +592,7 @@ fn reject<O>(req: Request<O>, err: Error) {
         Request::Step(_)
         | Request::Unreachable { .. }
         | Request::SnapshotSent { .. }
-        | Request::Campaign => {}
+        | Request::Campaign
+        | Request::Wake => {}
     }
 }

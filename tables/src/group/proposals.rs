@@ -74,6 +74,11 @@ impl<O> Proposals<O> {
         }
     }
 
+    /// Whether no proposal made here waits for an answer.
+    pub(super) fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.appended.is_empty()
+    }
+
     /// A fresh id for the next proposal.
     pub(super) fn next_id(&mut self) -> ProposalId {
         self.next += 1;

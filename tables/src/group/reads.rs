@@ -39,6 +39,11 @@ impl Reads {
         }
     }
 
+    /// Whether no read waits for its index.
+    pub(super) fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.unissued.is_empty()
+    }
+
     /// Queues a read; [`Reads::release`] hands it to raft.
     pub(super) fn add(&mut self, reply: oneshot::Sender<Result<u64>>) {
         self.next += 1;
