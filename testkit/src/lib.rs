@@ -10,6 +10,7 @@ pub mod leases;
 pub mod memory_network;
 pub mod metrics;
 pub mod ports;
+pub mod process;
 
 use std::time::{Duration, Instant};
 
