@@ -37,96 +37,33 @@ impl Settings {
     /// TLS of the API listener; `None` = plaintext.
     pub fn api_tls(&self) -> Result<Option<ServerTlsFiles>, SettingsError> {
         let api = &self.api;
-        let tls = self.api_listen()?.tls;
-        let cert = file("api.cert-filename", &api.cert_filename);
-        let key = file("api.key-filename", &api.key_filename);
-        let ca = file("api.ca-filename", &api.ca_filename);
-        if !tls {
-            for (set, key) in [
-                (cert.is_some(), "api.cert-filename"),
-                (key.is_some(), "api.key-filename"),
-                (api.client_cert_auth, "api.client-cert-auth"),
-                (ca.is_some(), "api.ca-filename"),
-            ] {
-                if set {
-                    return Err(invalid(
-                        key,
-                        format!(
-                            "is set but api.address {:?} is not https:// (or unixs://); \
-                             use https:// to turn TLS on",
-                            api.address
-                        ),
-                    ));
-                }
-            }
-            return Ok(None);
-        }
-        let (Some(cert), Some(key)) = (cert, key) else {
-            return Err(invalid(
-                "api.cert-filename",
-                "api.address is https:// but api.cert-filename and api.key-filename are not both set",
-            ));
-        };
-        let client_auth = server_client_auth(
-            api.client_cert_auth,
-            ca,
-            ("api.client-cert-auth", "api.ca-filename"),
-            text(&api.allowed_cn),
-            text(&api.allowed_hostname),
-        )?;
-        Ok(Some(ServerTlsFiles {
-            cert,
-            key,
-            client_auth,
-        }))
+        server_tls(ServerPort {
+            address: ("api.address", &api.address),
+            tls: self.api_listen()?.tls,
+            tls_schemes: "https:// (or unixs://)",
+            cert: ("api.cert-filename", &api.cert_filename),
+            key: ("api.key-filename", &api.key_filename),
+            ca: ("api.ca-filename", &api.ca_filename),
+            client_cert_auth: ("api.client-cert-auth", api.client_cert_auth),
+            allowed_cn: text(&api.allowed_cn),
+            allowed_hostname: text(&api.allowed_hostname),
+        })
     }
 
     /// TLS of a leader's replication listener; `None` = plaintext.
     pub fn replication_server_tls(&self) -> Result<Option<ServerTlsFiles>, SettingsError> {
         let r = &self.replication;
-        let tls = self.replication_listen()?.tls;
-        let cert = file("replication.cert-filename", &r.cert_filename);
-        let key = file("replication.key-filename", &r.key_filename);
-        let ca = file("replication.ca-filename", &r.ca_filename);
-        if !tls {
-            for (set, key) in [
-                (cert.is_some(), "replication.cert-filename"),
-                (key.is_some(), "replication.key-filename"),
-                (r.client_cert_auth, "replication.client-cert-auth"),
-                (ca.is_some(), "replication.ca-filename"),
-            ] {
-                if set {
-                    return Err(invalid(
-                        key,
-                        format!(
-                            "is set but replication.address {:?} is not https://; \
-                             use https:// to turn TLS on",
-                            r.address
-                        ),
-                    ));
-                }
-            }
-            return Ok(None);
-        }
-        let (Some(cert), Some(key)) = (cert, key) else {
-            return Err(invalid(
-                "replication.cert-filename",
-                "replication.address is https:// but replication.cert-filename and \
-                 replication.key-filename are not both set",
-            ));
-        };
-        let client_auth = server_client_auth(
-            r.client_cert_auth,
-            ca,
-            ("replication.client-cert-auth", "replication.ca-filename"),
-            None,
-            None,
-        )?;
-        Ok(Some(ServerTlsFiles {
-            cert,
-            key,
-            client_auth,
-        }))
+        server_tls(ServerPort {
+            address: ("replication.address", &r.address),
+            tls: self.replication_listen()?.tls,
+            tls_schemes: "https://",
+            cert: ("replication.cert-filename", &r.cert_filename),
+            key: ("replication.key-filename", &r.key_filename),
+            ca: ("replication.ca-filename", &r.ca_filename),
+            client_cert_auth: ("replication.client-cert-auth", r.client_cert_auth),
+            allowed_cn: None,
+            allowed_hostname: None,
+        })
     }
 
     /// How a follower dials `replication.leader-address`; `None` = plaintext.
@@ -214,6 +151,71 @@ impl Settings {
             )),
         }
     }
+}
+
+/// One listener's TLS settings, each with the flag that sets it.
+struct ServerPort<'a> {
+    address: (&'static str, &'a str),
+    /// Whether the address asks for TLS.
+    tls: bool,
+    /// The schemes that do, for the refusal.
+    tls_schemes: &'static str,
+    cert: (&'static str, &'a str),
+    key: (&'static str, &'a str),
+    ca: (&'static str, &'a str),
+    client_cert_auth: (&'static str, bool),
+    allowed_cn: Option<String>,
+    allowed_hostname: Option<String>,
+}
+
+/// A listener's TLS: none for a plaintext address (refusing TLS flags set anyway), or
+/// its certificate, key and client authentication.
+fn server_tls(port: ServerPort<'_>) -> Result<Option<ServerTlsFiles>, SettingsError> {
+    let cert = file(port.cert.0, port.cert.1);
+    let key = file(port.key.0, port.key.1);
+    let ca = file(port.ca.0, port.ca.1);
+    let (address_key, address) = port.address;
+    if !port.tls {
+        for (set, flag) in [
+            (cert.is_some(), port.cert.0),
+            (key.is_some(), port.key.0),
+            (port.client_cert_auth.1, port.client_cert_auth.0),
+            (ca.is_some(), port.ca.0),
+        ] {
+            if set {
+                return Err(invalid(
+                    flag,
+                    format!(
+                        "is set but {address_key} {address:?} is not {}; \
+                         use https:// to turn TLS on",
+                        port.tls_schemes
+                    ),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Err(invalid(
+            port.cert.0,
+            format!(
+                "{address_key} is https:// but {} and {} are not both set",
+                port.cert.0, port.key.0
+            ),
+        ));
+    };
+    let client_auth = server_client_auth(
+        port.client_cert_auth.1,
+        ca,
+        (port.client_cert_auth.0, port.ca.0),
+        port.allowed_cn,
+        port.allowed_hostname,
+    )?;
+    Ok(Some(ServerTlsFiles {
+        cert,
+        key,
+        client_auth,
+    }))
 }
 
 fn server_client_auth(
