@@ -13,6 +13,24 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// (busy, total) clock ticks over all cores so far, from the first line of `/proc/stat`
+/// (idle and iowait count as not busy).
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
 /// Resident set size of process `pid`, in bytes.
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -30,5 +48,7 @@ mod tests {
         let me = std::process::id();
         assert!(cpu_ticks(me).is_some());
         assert!(rss_bytes(me).is_some_and(|b| b > 0));
+        let (busy, total) = machine_ticks();
+        assert!(total > 0 && busy <= total);
     }
 }

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flotilla_proto::regatta::v1::kv_client::KvClient;
 use flotilla_proto::regatta::v1::tables_client::TablesClient;
 use flotilla_proto::regatta::v1::{CreateTableRequest, PutRequest, RangeRequest};
+use flotilla_testkit::process;
 use tonic::transport::Channel;
 
 type Result<T> = std::result::Result<T, String>;
@@ -173,9 +174,7 @@ fn percentiles(mut v: Vec<Duration>) -> String {
     )
 }
 
-// ---- CPU accounting from /proc (Linux; USER_HZ is 100 ticks per second) ----
-
-const TICKS_PER_SECOND: f64 = 100.0;
+// ---- CPU accounting from /proc (testkit::process) ----
 
 /// CPU ticks used so far by the machine and by some processes.
 struct CpuSample {
@@ -185,39 +184,13 @@ struct CpuSample {
     procs: Vec<(String, Option<u64>)>,
 }
 
-/// (busy, total) ticks over all cores from the first line of `/proc/stat`.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().take(8).sum();
-    // idle and iowait are the 4th and 5th fields.
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-/// utime + stime ticks of `/proc/<pid>/stat` (pid "self" for this process).
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after "(comm) " start at field 3 (state); utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(") ")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn cpu_sample(pids: &[(String, String)]) -> CpuSample {
-    let (machine_busy, machine_total) = machine_ticks();
+fn cpu_sample(pids: &[(String, u32)]) -> CpuSample {
+    let (machine_busy, machine_total) = process::machine_ticks();
     let mut procs: Vec<(String, Option<u64>)> = pids
         .iter()
-        .map(|(name, pid)| (name.clone(), process_ticks(pid)))
+        .map(|(name, pid)| (name.clone(), process::cpu_ticks(*pid)))
         .collect();
-    procs.push(("bench".into(), process_ticks("self")));
+    procs.push(("bench".into(), process::cpu_ticks(std::process::id())));
     CpuSample {
         at: Instant::now(),
         machine_busy,
@@ -233,7 +206,7 @@ fn cpu_report(a: &CpuSample, b: &CpuSample) -> String {
     let mut ours = 0.0;
     for ((name, t0), (_, t1)) in a.procs.iter().zip(&b.procs) {
         if let (Some(t0), Some(t1)) = (t0, t1) {
-            let pct = (t1 - t0) as f64 / TICKS_PER_SECOND / wall * 100.0;
+            let pct = (t1 - t0) as f64 / process::TICKS_PER_SECOND / wall * 100.0;
             ours += pct;
             parts.push(format!("{name} {pct:.0}%"));
         }
@@ -248,16 +221,17 @@ fn cpu_report(a: &CpuSample, b: &CpuSample) -> String {
     )
 }
 
-fn parse_pids(list: &str) -> Result<Vec<(String, String)>> {
+fn parse_pids(list: &str) -> Result<Vec<(String, u32)>> {
     list.split(',')
         .filter(|s| !s.is_empty())
         .map(|item| {
             let (name, pid) = item
                 .split_once('=')
                 .ok_or(format!("--cpu-pids: {item} is not name=pid"))?;
-            pid.parse::<u32>()
+            let pid = pid
+                .parse::<u32>()
                 .map_err(|e| format!("--cpu-pids {item}: {e}"))?;
-            Ok((name.to_owned(), pid.to_owned()))
+            Ok((name.to_owned(), pid))
         })
         .collect()
 }
