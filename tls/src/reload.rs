@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -18,11 +19,23 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 type Build<T> = dyn Fn() -> Result<T, TlsError> + Send + Sync;
 
+/// Every watched file's bytes (`None` where unreadable: a rotation may be half-written).
+type Contents = Vec<Option<Vec<u8>>>;
+
+fn read_all(files: &[PathBuf]) -> Contents {
+    files.iter().map(|f| std::fs::read(f).ok()).collect()
+}
+
 /// The current configuration built from some files, replaced when they change.
 pub struct Reloading<T> {
     current: RwLock<Arc<T>>,
     files: Vec<PathBuf>,
     build: Box<Build<T>>,
+    /// Changes of the files that could not be used (the previous configuration stayed).
+    rejected: AtomicU64,
+    /// The files as they were when the first configuration was built: the watcher's
+    /// starting point, so a change made before it first looks is still a change.
+    loaded: Contents,
 }
 
 impl<T> std::fmt::Debug for Reloading<T> {
@@ -39,11 +52,15 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         files: Vec<PathBuf>,
         build: impl Fn() -> Result<T, TlsError> + Send + Sync + 'static,
     ) -> Result<Arc<Self>, TlsError> {
+        // Read before building: a file changed in between is seen as changed and rebuilt.
+        let loaded = read_all(&files);
         let first = build()?;
         Ok(Arc::new(Self {
             current: RwLock::new(Arc::new(first)),
             files,
             build: Box::new(build),
+            rejected: AtomicU64::new(0),
+            loaded,
         }))
     }
 
@@ -52,13 +69,19 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         self.current.read().clone()
     }
 
+    /// How many changes of the files were refused (unusable files; the previous
+    /// configuration stayed in use).
+    pub fn rejected_reloads(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
     /// Polls the files every `interval` until `stop`, rebuilding on any change.
     pub fn watch(self: &Arc<Self>, interval: Duration, stop: CancellationToken) {
         let this = self.clone();
         let span = tracing::info_span!("tls_reload", files = ?self.files);
         tokio::spawn(
             async move {
-                let mut seen = this.contents().await;
+                let mut seen = this.loaded.clone();
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -82,10 +105,13 @@ impl<T: Send + Sync + 'static> Reloading<T> {
                             *this.current.write() = Arc::new(next);
                             tracing::info!("certificate files changed: new connections use them");
                         }
-                        Ok(Err(e)) => tracing::warn!(
-                            "certificate files changed but cannot be used ({e}); \
-                             keeping the previous certificate"
-                        ),
+                        Ok(Err(e)) => {
+                            this.rejected.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                "certificate files changed but cannot be used ({e}); \
+                                 keeping the previous certificate"
+                            );
+                        }
                     }
                 }
             }
@@ -93,10 +119,10 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         );
     }
 
-    /// Every file's bytes (`None` where unreadable: a rotation may be half-written).
-    async fn contents(&self) -> Vec<Option<Vec<u8>>> {
+    /// Every file's bytes now, read off the reactor.
+    async fn contents(&self) -> Contents {
         let files = self.files.clone();
-        tokio::task::spawn_blocking(move || files.iter().map(|f| std::fs::read(f).ok()).collect())
+        tokio::task::spawn_blocking(move || read_all(&files))
             .await
             .unwrap_or_default()
     }

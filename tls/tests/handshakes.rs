@@ -242,6 +242,7 @@ async fn a_rotated_certificate_is_used_by_new_connections_and_old_ones_stay_up()
     let stop = CancellationToken::new();
     let tls = server((cert.clone(), key.clone()), None);
     tls.watch(RELOAD_INTERVAL, stop.clone());
+    let watched = tls.clone();
     let options = ListenerOptions {
         tls: Some(tls),
         ..ListenerOptions::default()
@@ -263,7 +264,12 @@ async fn a_rotated_certificate_is_used_by_new_connections_and_old_ones_stay_up()
 
     // A half-written rotation (garbage) is refused and the old certificate stays.
     std::fs::write(&cert.path, "-----BEGIN CERTIFICATE-----\ngarbage").expect("write");
-    tokio::time::sleep(RELOAD_INTERVAL * 3).await;
+    assert!(
+        eventually(Duration::from_secs(10), async || watched.rejected_reloads()
+            >= 1)
+        .await,
+        "the watcher saw the bad file and refused it"
+    );
     ping(&trusts_old, &addr)
         .await
         .expect("a bad new file keeps the old certificate in use");
