@@ -135,6 +135,10 @@ impl<M: StateMachine> RaftGroup<M> {
     /// A follower that got its leader's hibernation notice sleeps if it holds exactly
     /// the leader's log and has nothing pending.
     pub(super) fn maybe_follow_to_sleep(&mut self) {
+        // Runs after every Ready: the quiet check is for the rare turn with a notice.
+        if self.hibernation.notice.is_none() {
+            return;
+        }
         let quiet = self.is_quiet();
         if self.hibernation.follower_may_sleep(&self.raw_node, quiet) && self.hibernation.sleep() {
             self.metrics.hibernating.inc();
