@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod tls;
+
 use flotilla_ops::Settings;
 use flotilla_proto::regatta::v1::{
     CreateTableRequest, PutRequest, PutResponse, RangeRequest, RangeResponse,
