@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::group::GroupStatus;
+use crate::group_status::GroupStatus;
 
 /// All per-table raft gauges and counters of a node.
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use crate::replace;
 use crate::router::Router;
 use crate::snapshot;
 use crate::table::{Table, TableMachine};
-use crate::transport::Transport;
+use crate::transport::{Outbox, Transport};
 
 /// Directory under the data dir where received snapshots are staged.
 const SNAPSHOT_DIR: &str = "snapshots";
@@ -152,7 +152,7 @@ impl Shared {
                 storage,
                 machine,
                 log_writer: self.log_writer.clone(),
-                transport: self.transport.clone(),
+                transport: self.transport.clone() as Arc<dyn Outbox>,
                 metrics: self.metrics.group(name),
                 cancel: cancel.clone(),
                 vote_fence: fence.then_some(None),
@@ -266,7 +266,7 @@ impl Node {
                 storage: RaftStorage::load(engine, CATALOG_ID)?,
                 machine,
                 log_writer,
-                transport,
+                transport: transport as Arc<dyn Outbox>,
                 metrics: metrics.group("__catalog"),
                 cancel: shared.cancel.child_token(),
                 vote_fence: fresh.then(|| Some(shared.rejoin_commit.clone())),

@@ -3,22 +3,19 @@
 
 use raft::eraftpb::Message;
 
+pub use crate::outbox::Outbox;
 use crate::router::Router;
 
-/// Delivers raft messages of group `group_id` to other nodes. Must not block: queue and
-/// return; a message that cannot be delivered is dropped (raft retries). A `MsgSnapshot`
+/// An [`Outbox`] that a node attaches to its router before any group starts. A `MsgSnapshot`
 /// announces a snapshot the transport streams itself ([`Router::read_snapshot`] on this
 /// node, [`Router::receive_snapshot`] on the peer), reporting the outcome with
 /// [`Router::report_snapshot`].
-pub trait Transport: Send + Sync + 'static {
+pub trait Transport: Outbox {
     /// Called once by `Node::open` before any group starts, with this node's router: where
     /// reports go and snapshots are read from.
     fn attach(&self, router: Router) {
         let _ = router;
     }
-
-    /// Sends `msgs` (each names its destination node in `to`).
-    fn send(&self, group_id: u64, msgs: Vec<Message>);
 }
 
 /// Transport of a node that has no peers (a single-node cluster). A single voter never
@@ -26,7 +23,9 @@ pub trait Transport: Send + Sync + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoPeers;
 
-impl Transport for NoPeers {
+impl Transport for NoPeers {}
+
+impl Outbox for NoPeers {
     fn send(&self, group_id: u64, msgs: Vec<Message>) {
         if let Some(m) = msgs.first() {
             tracing::warn!(

@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::{Message, MessageType};
 
 use flotilla_tables::Router;
-use flotilla_tables::transport::Transport;
+use flotilla_tables::transport::{Outbox, Transport};
 
 /// The shared network; create one per test and a [`MemoryNetwork::transport`] per node.
 pub struct MemoryNetwork {
@@ -227,7 +227,9 @@ impl Transport for MemoryTransport {
         self.net.routers.write().insert(self.from, router);
         self.net.links_changed();
     }
+}
 
+impl Outbox for MemoryTransport {
     fn send(&self, group_id: u64, msgs: Vec<Message>) {
         for msg in msgs {
             self.net.route(self.from, group_id, msg);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use flotilla_proto::flotilla::raft::v1::raft_client::RaftClient;
 use flotilla_proto::flotilla::raft::v1::{GroupMessage, MessageBatch, SnapshotChunk};
 use flotilla_tables::Router;
-use flotilla_tables::transport::Transport;
+use flotilla_tables::transport::{Outbox, Transport};
 use flotilla_tls::TlsConnector;
 use prometheus::{IntCounterVec, Opts, Registry};
 use protobuf::Message as _;
@@ -166,7 +166,9 @@ impl Transport for GrpcTransport {
             self.runtime.spawn(link.run(queue).instrument(span));
         }
     }
+}
 
+impl Outbox for GrpcTransport {
     fn send(&self, group_id: u64, msgs: Vec<Message>) {
         for msg in msgs {
             if msg.get_msg_type() == MessageType::MsgSnapshot {

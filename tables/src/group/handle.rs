@@ -1,8 +1,8 @@
 //! How the rest of the node talks to a group task: requests into its mailbox, and the
 //! status and applied index it publishes without being asked.
 
+use crate::group_status::GroupStatus;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use raft::eraftpb::Message;
@@ -10,25 +10,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, NotProposed, Result, Uncertain};
-
-/// The latest raft status of a group as this node sees it; read without asking the task.
-#[derive(Debug, Default)]
-pub struct GroupStatus {
-    /// Current term.
-    pub term: AtomicU64,
-    /// Raft id of the leader (0 = unknown).
-    pub leader: AtomicU64,
-    /// Commit index.
-    pub commit: AtomicU64,
-    /// Applied index.
-    pub applied: AtomicU64,
-    /// First index still in the log.
-    pub first_index: AtomicU64,
-    /// Last index in the log.
-    pub last_index: AtomicU64,
-    /// Raft snapshots this replica installed since it started.
-    pub snapshots_installed: AtomicU64,
-}
 
 pub(super) enum Request<O> {
     Propose {

@@ -33,15 +33,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use handle::{GroupHandle, GroupStatus};
+pub use crate::group_status::GroupStatus;
+pub use handle::GroupHandle;
 
 use crate::error::{Error, NotProposed, Result};
 use crate::import::{LoadPlan, LoadedSnapshot};
 use crate::log_writer::LogWriter;
 use crate::metrics::GroupMetrics;
+use crate::outbox::Outbox;
 use crate::raft_storage::RaftStorage;
 use crate::snapshot::InstallJob;
-use crate::transport::Transport;
 use handle::Request;
 use hibernate::Hibernation;
 use install::{Installing, Paused};
@@ -180,7 +181,7 @@ pub struct GroupParts<M> {
     /// The node's log writer.
     pub log_writer: LogWriter,
     /// Where messages to peers go.
-    pub transport: Arc<dyn Transport>,
+    pub transport: Arc<dyn Outbox>,
     /// Per-table raft metrics.
     pub metrics: GroupMetrics,
     /// Stops the task.
@@ -293,7 +294,7 @@ struct RaftGroup<M: StateMachine> {
     events: mpsc::UnboundedReceiver<Event>,
     events_tx: mpsc::UnboundedSender<Event>,
     log_writer: LogWriter,
-    transport: Arc<dyn Transport>,
+    transport: Arc<dyn Outbox>,
     metrics: GroupMetrics,
     proposals: Proposals<M::Output>,
     reads: Reads,
