@@ -8,6 +8,7 @@
 //! [`chaos`] runs a seeded fault schedule under a register workload and checks the history
 //! with [`linearizability`].
 
+pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod linearizability;
