@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 seconds="${1:-10}"
 cargo build --release --locked -q -p flotilla-server --bin flotilla -p flotilla-integration --bin flotilla-bench
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 root=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -a raft pids
@@ -19,6 +19,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/nu
 trap cleanup EXIT
 for id in 1 2 3; do
   "$bin/flotilla" leader --data-dir "$root/node$id" --api.address 127.0.0.1:0 --rest.address 127.0.0.1:0 \
+    --replication.address 127.0.0.1:0 \
     --raft.node-id "$id" --raft.address "127.0.0.1:${raft[$id]}" --raft.initial-members "$members" \
     >"$root/log$id" 2>&1 &
   pids+=($!)

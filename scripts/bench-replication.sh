@@ -16,7 +16,7 @@ seconds="${1:-30}"
 snapshot_bytes="${2:-1073741824}"
 rate="${3:-1000}"
 cargo build --release --locked -q -p flotilla-server --bin flotilla -p flotilla-integration --bin flotilla-replication-bench
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 root=$(mktemp -d)
 declare -a pids=()
 # stop PID: stops one of our processes and forgets it (so its PID, once reused, is left alone).

@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 seconds="${1:-10}"
 cargo build --release --locked -q -p flotilla-server --bin flotilla -p flotilla-integration --bin flotilla-bench
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 data=$(mktemp -d)
 log=$(mktemp)
-"$bin/flotilla" leader --data-dir "$data" --api.address 127.0.0.1:0 --rest.address 127.0.0.1:0 >"$log" 2>&1 &
+"$bin/flotilla" leader --data-dir "$data" --api.address 127.0.0.1:0 --rest.address 127.0.0.1:0 \
+  --replication.address 127.0.0.1:0 >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$data" "$log"' EXIT
 for _ in $(seq 1 300); do grep -q "API (gRPC) on" "$log" && break; sleep 0.1; done
