@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Cross-cluster replication benchmark: release build, then on loopback
-#  1. visibility lag: a fresh 1-node leader and 1-node follower, flotilla-replication-bench
-#     lag (paced writes to the leader, an observer reading the follower);
-#  2. snapshot recovery: a fresh leader loaded with snapshot-bytes (64 KiB incompressible
-#     values, 4 writers), then a brand-new follower, timed from its process start until
-#     its applied leader index equals the leader's.
+#  1. visibility lag: a fresh 1-node leader and 1-node follower, flotilla-lag-bench
+#     (paced writes to the leader, an observer reading the follower);
+#  2. snapshot recovery: a fresh leader loaded with snapshot-bytes by flotilla-load-table
+#     (64 KiB incompressible values, 4 writers), then a brand-new follower, timed by
+#     flotilla-recovery-bench from its process start until its applied leader index
+#     equals the leader's.
 # Processes are started here and stopped by PID on exit; temp dirs are removed.
 # Usage: scripts/bench-replication.sh [lag-seconds] [snapshot-bytes] [rate]   (results to stdout;
 #        defaults 30, 1073741824, 1000; 0 seconds or 0 bytes skips that part; POLL_MICROS=N
 #        makes the lag observer pause N us between Ranges, default 0 = back to back)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same build cache as .ci/run and scripts/chaos.sh (RocksDB compiles once).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}"
 scripts/setup.sh
 seconds="${1:-30}"
 snapshot_bytes="${2:-1073741824}"
 rate="${3:-1000}"
-cargo build --release --locked -q -p flotilla-server --bin flotilla -p flotilla-integration --bin flotilla-replication-bench
-bin="${CARGO_TARGET_DIR:-target}/release"
+cargo build --release --locked -q -p flotilla-server --bin flotilla -p flotilla-integration \
+  --bin flotilla-lag-bench --bin flotilla-load-table --bin flotilla-recovery-bench
+bin="$CARGO_TARGET_DIR/release"
 root=$(mktemp -d)
 declare -a pids=()
 # stop PID: stops one of our processes and forgets it (so its PID, once reused, is left alone).
@@ -68,7 +72,7 @@ lag_phase() {
   start_leader lag-leader
   start_follower lag-follower 127.0.0.1:0 127.0.0.1:0
   wait_up "$root/lag-follower.log"
-  "$bin/flotilla-replication-bench" lag --leader "$leader_api" --follower "$api" \
+  "$bin/flotilla-lag-bench" --leader "$leader_api" --follower "$api" \
     --leader-rest "$leader_rest" --follower-rest "$rest" \
     --rate "$rate" --seconds "$seconds" --poll-micros "${POLL_MICROS:-0}" \
     --cpu-pids "leader=$leader_pid,follower=$follower_pid"
@@ -82,7 +86,7 @@ snapshot_phase() {
   echo "## snapshot recovery"
   start_leader snap-leader
   local out table_bytes f_api f_rest started
-  out=$("$bin/flotilla-replication-bench" load --leader "$leader_api" --bytes "$snapshot_bytes" \
+  out=$("$bin/flotilla-load-table" --leader "$leader_api" --bytes "$snapshot_bytes" \
     --value-bytes 65536 --writers 4)
   echo "$out"
   table_bytes=$(sed -n 's/^table bytes: //p' <<<"$out")
@@ -91,7 +95,7 @@ snapshot_phase() {
   f_rest="127.0.0.1:$(free_port)"
   started=$(date +%s%N)
   start_follower snap-follower "$f_api" "$f_rest" "warn,flotilla_replication=info"
-  "$bin/flotilla-replication-bench" recovery --leader-rest "$leader_rest" --follower-rest "$f_rest" \
+  "$bin/flotilla-recovery-bench" --leader-rest "$leader_rest" --follower-rest "$f_rest" \
     --follower-api "$f_api" --started-unix-nanos "$started" --table-bytes "$table_bytes" \
     --cpu-pids "leader=$leader_pid,follower=$follower_pid"
   echo "follower log (replication):"
