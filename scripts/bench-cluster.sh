@@ -6,10 +6,12 @@
 # Usage: scripts/bench-cluster.sh [seconds-per-phase]   (results go to stdout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same build cache as .ci/run and scripts/chaos.sh (RocksDB compiles once).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}"
 scripts/setup.sh
 seconds="${1:-10}"
 cargo build --release --locked -q -p flotilla-server --bin flotilla -p flotilla-integration --bin flotilla-bench
-bin="${CARGO_TARGET_DIR:-target}/release"
+bin="$CARGO_TARGET_DIR/release"
 root=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -a raft pids

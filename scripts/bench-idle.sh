@@ -7,6 +7,8 @@
 #   PROFILE=debug uses the debug build the tests use (no 20-minute release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same build cache as .ci/run and scripts/chaos.sh (RocksDB compiles once).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}"
 scripts/setup.sh
 tables="${1:-1000}"
 seconds="${2:-30}"
@@ -18,7 +20,7 @@ else
   # The same feature set as `cargo test --workspace`, so RocksDB is not rebuilt.
   cargo build --locked -q --workspace --tests --bins
 fi
-dir="${CARGO_TARGET_DIR:-target}/$profile"
+dir="$CARGO_TARGET_DIR/$profile"
 echo "# $(date -u +%F) $(nproc) cores, $(uname -r), $profile build, commit $(git rev-parse --short HEAD)"
 for rtt in 0 40; do
   FLOTILLA_BIN="$dir/flotilla" "$dir/flotilla-idle-bench" \

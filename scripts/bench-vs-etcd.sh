@@ -8,6 +8,8 @@
 #   e.g. scripts/bench-vs-etcd.sh 10 3 1 3     (1-node clusters, then 3-node clusters)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same build cache as .ci/run and scripts/chaos.sh (RocksDB compiles once).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}"
 scripts/setup.sh
 seconds="${1:-10}"
 rounds="${2:-3}"
@@ -29,7 +31,7 @@ fi
 # BENCH_PROFILE=dev runs a debug build (a quick check of the script, not a measurement).
 profile="${BENCH_PROFILE:-release}"
 cargo build --profile "$profile" --locked -q -p flotilla-server --bin flotilla -p flotilla-integration --bin flotilla-vs-etcd
-bin="${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo "$profile")"
+bin="$CARGO_TARGET_DIR/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 root=$(mktemp -d)
 pids=()
 stop_all() {
@@ -65,7 +67,7 @@ wait_for() { # file pattern
 echo "# $(date -u +%F) $(nproc) cores, $(uname -r), commit $(git rev-parse --short HEAD), $profile build, $(etcd --version | head -1)"
 for size in "${sizes[@]}"; do
   read -r -a ports <<<"$(free_ports $((size * 6)))"
-  etcd_cluster="" members="" etcd_eps="" flotilla_eps=""
+  etcd_cluster="" members="" etcd_eps="" flotilla_eps="" etcd_pids="" flotilla_pids=""
   for i in $(seq 1 "$size"); do
     b=$(( (i - 1) * 6 ))
     etcd_cluster+="${etcd_cluster:+,}e$i=http://127.0.0.1:${ports[b+1]}"
@@ -81,17 +83,20 @@ for size in "${sizes[@]}"; do
       --initial-cluster "$etcd_cluster" --initial-cluster-state new --initial-cluster-token bench \
       --log-level error --logger zap >"$root/etcd$size-$i.log" 2>&1 &
     pids+=($!)
+    etcd_pids+="${etcd_pids:+,}$!"
     raft_flags=()
     [ "$size" -eq 1 ] || raft_flags=(--raft.node-id "$i" --raft.address "127.0.0.1:${ports[b+4]}" --raft.initial-members "$members")
     "$bin/flotilla" leader --data-dir "$root/flotilla$size-$i" --api.address "127.0.0.1:${ports[b+2]}" \
       --rest.address "127.0.0.1:${ports[b+3]}" \
       --replication.address "127.0.0.1:${ports[b+5]}" "${raft_flags[@]}" >"$root/flotilla$size-$i.log" 2>&1 &
     pids+=($!)
+    flotilla_pids+="${flotilla_pids:+,}$!"
   done
   for i in $(seq 1 "$size"); do wait_for "$root/flotilla$size-$i.log" "API (gRPC) on"; done
   echo
   echo "## $size node(s): Flotilla $flotilla_eps, etcd $etcd_eps"
   "$bin/flotilla-vs-etcd" --label "$size node(s)" --flotilla "$flotilla_eps" --etcd "$etcd_eps" \
+    --flotilla-pids "$flotilla_pids" --etcd-pids "$etcd_pids" \
     --seconds "$seconds" --rounds "$rounds"
   stop_all
 done

@@ -4,10 +4,12 @@
 # Usage: scripts/bench.sh [seconds-per-phase]   (results go to stdout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same build cache as .ci/run and scripts/chaos.sh (RocksDB compiles once).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flotilla/target}"
 scripts/setup.sh
 seconds="${1:-10}"
 cargo build --release --locked -q -p flotilla-server --bin flotilla -p flotilla-integration --bin flotilla-bench
-bin="${CARGO_TARGET_DIR:-target}/release"
+bin="$CARGO_TARGET_DIR/release"
 data=$(mktemp -d)
 log=$(mktemp)
 "$bin/flotilla" leader --data-dir "$data" --api.address 127.0.0.1:0 --rest.address 127.0.0.1:0 \
