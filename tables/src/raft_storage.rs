@@ -200,7 +200,7 @@ impl RaftStorage {
     }
 
     /// Takes new entries and hard state of a Ready: keeps them readable at once and
-    /// returns what the log writer must persist.
+    /// returns what the log writer must persist (nothing for a commit-only change).
     pub fn stage(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<LogWrite> {
         let mut write = LogWrite::default();
         if let Some(first) = entries.first() {
@@ -237,11 +237,18 @@ impl RaftStorage {
             self.last_index = new_last;
         }
         if let Some(hs) = hard_state {
-            let bytes = hs
-                .write_to_bytes()
-                .map_err(corrupt(self.id, "hard state"))?;
-            write.puts.push((keys::hard_state_key(self.id), bytes));
+            // Term and vote must be durable before raft acts on them. The commit index
+            // need not be (raft learns it again; `ensure_committed` covers what was
+            // applied), so a commit-only change rides along with the next write instead
+            // of costing a log-writer round of its own.
+            let vote_changed = hs.term != self.hard_state.term || hs.vote != self.hard_state.vote;
             self.hard_state = hs.clone();
+            if vote_changed || !entries.is_empty() {
+                let bytes = hs
+                    .write_to_bytes()
+                    .map_err(corrupt(self.id, "hard state"))?;
+                write.puts.push((keys::hard_state_key(self.id), bytes));
+            }
         }
         Ok(write)
     }
@@ -503,6 +510,31 @@ mod tests {
         let reloaded = RaftStorage::load(engine, 9).expect("reload");
         assert_eq!(reloaded.last_index().expect("last"), 2);
         assert_eq!(reloaded.term(2).expect("term"), 2);
+    }
+
+    #[test]
+    fn a_commit_only_hard_state_waits_for_the_next_write_but_votes_do_not() {
+        let (_d, engine, mut s) = open();
+        let hs = |term, vote, commit| {
+            let mut h = HardState::default();
+            h.term = term;
+            h.vote = vote;
+            h.commit = commit;
+            h
+        };
+        let w = s.stage(&[], Some(&hs(1, 1, 0))).expect("stage");
+        assert!(!w.is_empty(), "a new term and vote are written");
+        persist(&engine, w);
+        let w = s.stage(&[], Some(&hs(1, 1, 3))).expect("stage");
+        assert!(w.is_empty(), "a commit-only change costs no write");
+        assert_eq!(s.initial_state().expect("state").hard_state.commit, 3);
+        let w = s.stage(&[entry(1, 1)], Some(&hs(1, 1, 4))).expect("stage");
+        persist(&engine, w);
+        let reloaded = RaftStorage::load(engine.clone(), 9).expect("reload");
+        let stored = reloaded.initial_state().expect("state").hard_state;
+        assert_eq!((stored.term, stored.vote, stored.commit), (1, 1, 4));
+        let w = s.stage(&[], Some(&hs(2, 0, 4))).expect("stage");
+        assert!(!w.is_empty(), "a new term is written at once");
     }
 
     #[test]

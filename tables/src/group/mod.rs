@@ -306,9 +306,8 @@ struct RaftGroup<M: StateMachine> {
     waiting: std::collections::VecDeque<Request<M::Output>>,
     /// Ticks since start; the clock for retries.
     ticks: u64,
-    /// Readies handed to the log writer: (number, last entry index, messages to send
-    /// once durable).
-    in_flight: std::collections::VecDeque<(u64, u64, Vec<Message>)>,
+    /// Readies waiting to be durable, in order (see [`ready::InFlight`]).
+    in_flight: std::collections::VecDeque<ready::InFlight>,
     status: Arc<GroupStatus>,
     applied_tx: watch::Sender<u64>,
     /// Highest log index known durable.
@@ -386,6 +385,9 @@ impl<M: StateMachine> RaftGroup<M> {
             match self.events.recv().await {
                 Some(Event::Persisted { .. }) => {
                     self.in_flight.pop_front();
+                    while self.in_flight.front().is_some_and(|r| !r.submitted) {
+                        self.in_flight.pop_front();
+                    }
                 }
                 Some(Event::Installed { .. }) => self.installing = None,
                 Some(Event::Loaded { .. }) => {}
@@ -530,14 +532,7 @@ impl<M: StateMachine> RaftGroup<M> {
         match event {
             Event::Persisted { number, result } => {
                 result?;
-                let Some((n, last, msgs)) = self.in_flight.pop_front() else {
-                    return Err(Error::corrupt(self.id, "a persist ack without a request"));
-                };
-                debug_assert_eq!(n, number);
-                self.durable_index = self.durable_index.max(last);
-                self.send(msgs);
-                self.raw_node.on_persist_ready(number);
-                Ok(())
+                self.on_persisted(number)
             }
             Event::Installed { result } => self.on_installed(result),
             Event::Loaded { generation, result } => self.on_loaded(generation, result),

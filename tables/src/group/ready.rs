@@ -4,11 +4,25 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{Ready, StateRole};
 
 use super::{Event, RaftGroup, StateMachine};
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// A Ready whose entries and hard state are on their way to disk. Readies finish in
+/// order: one with nothing to write still waits for the writes before it.
+pub(super) struct InFlight {
+    /// The Ready's number (raft-rs `on_persist_ready`).
+    number: u64,
+    /// Its last entry's index, or the durable index before it when it has none.
+    last_index: u64,
+    /// Messages raft may send only once the Ready is durable.
+    messages: Vec<Message>,
+    /// Whether it was handed to the log writer; one that was not (nothing to write)
+    /// finishes with the submitted Ready before it, without a log-writer round.
+    pub(super) submitted: bool,
+}
 
 impl<M: StateMachine> RaftGroup<M> {
     pub(super) fn on_ready(&mut self) -> Result<()> {
@@ -57,12 +71,20 @@ impl<M: StateMachine> RaftGroup<M> {
         let persisted_msgs = rd.take_persisted_messages();
         let number = rd.number();
         self.raw_node.advance_append_async(rd);
-        if write.is_empty() && self.in_flight.is_empty() {
-            self.send(persisted_msgs);
-            self.raw_node.on_persist_ready(number);
+        let in_flight = InFlight {
+            number,
+            last_index: last.unwrap_or(self.durable_index),
+            messages: persisted_msgs,
+            submitted: !write.is_empty(),
+        };
+        if !in_flight.submitted {
+            if self.in_flight.is_empty() {
+                self.finish_persist(in_flight);
+            } else {
+                self.in_flight.push_back(in_flight);
+            }
         } else {
-            let durable = last.unwrap_or(self.durable_index);
-            self.in_flight.push_back((number, durable, persisted_msgs));
+            self.in_flight.push_back(in_flight);
             let tx = self.events_tx.clone();
             self.log_writer.submit(
                 write,
@@ -72,6 +94,28 @@ impl<M: StateMachine> RaftGroup<M> {
             );
         }
         Ok(())
+    }
+
+    /// The log writer made Ready `number` durable: finish it, and the unsubmitted Readies
+    /// queued right behind it.
+    pub(super) fn on_persisted(&mut self, number: u64) -> Result<()> {
+        let Some(done) = self.in_flight.pop_front() else {
+            return Err(Error::corrupt(self.id, "a persist ack without a request"));
+        };
+        debug_assert!(done.submitted && done.number == number);
+        self.finish_persist(done);
+        while self.in_flight.front().is_some_and(|r| !r.submitted) {
+            if let Some(next) = self.in_flight.pop_front() {
+                self.finish_persist(next);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_persist(&mut self, done: InFlight) {
+        self.durable_index = self.durable_index.max(done.last_index);
+        self.send(done.messages);
+        self.raw_node.on_persist_ready(done.number);
     }
 
     /// Applies committed entries in order, pausing at a load marker (see `install`).
