@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB,
-    DBRawIteratorWithThreadMode, IngestExternalFileOptions, Options, ReadOptions, WriteBatch,
-    WriteOptions,
+    DBRawIteratorWithThreadMode, ErrorKind, IngestExternalFileOptions, Options, ReadOptions,
+    ReadTier, WriteBatch, WriteOptions,
 };
 
 use crate::error::{Error, Result};
@@ -82,6 +82,19 @@ impl Engine {
     /// Reads one key of family `cf`.
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Reads one key of family `cf` only if memory answers (memtables and block cache,
+    /// no file read): `None` when it would have to read a file. Cheap enough to call on
+    /// the async reactor, which a possibly-blocking [`Engine::get`] is not.
+    pub fn get_from_memory(&self, cf: &str, key: &[u8]) -> Result<Option<Option<Vec<u8>>>> {
+        let mut opts = ReadOptions::default();
+        opts.set_read_tier(ReadTier::BlockCache);
+        match self.db.get_cf_opt(self.cf(cf), key, &opts) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.kind() == ErrorKind::Incomplete => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A raw iterator over `[lower, upper)` of family `cf`, positioned nowhere yet.
@@ -163,4 +176,36 @@ impl Engine {
 /// Turns a RocksDB iterator status into our error.
 pub fn iter_status(iter: &RawIter<'_>) -> Result<()> {
     iter.status().map_err(Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_reads_answer_from_memtables_and_cache_and_decline_file_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Engine::open(dir.path()).expect("open");
+        let mut batch = WriteBatch::default();
+        batch.put_cf(engine.cf(keys::CF_DATA), b"k", b"v");
+        engine.write(batch, true).expect("write");
+        let from_memtable = engine.get_from_memory(keys::CF_DATA, b"k").expect("read");
+        assert_eq!(from_memtable, Some(Some(b"v".to_vec())));
+        engine.flush().expect("flush");
+        drop(engine);
+
+        // Reopened: the value is only in a file, which a memory read must not touch.
+        let engine = Engine::open(dir.path()).expect("reopen");
+        assert_eq!(
+            engine.get_from_memory(keys::CF_DATA, b"k").expect("read"),
+            None
+        );
+        assert_eq!(
+            engine.get(keys::CF_DATA, b"k").expect("read"),
+            Some(b"v".to_vec())
+        );
+        // The file read cached the block: memory answers now.
+        let cached = engine.get_from_memory(keys::CF_DATA, b"k").expect("read");
+        assert_eq!(cached, Some(Some(b"v".to_vec())));
+    }
 }

@@ -5,6 +5,7 @@ use flotilla_proto::mvcc::v1::KeyValue;
 use prost::Message as _;
 
 use crate::error::Result;
+use crate::values::StoredValue;
 use crate::view::{End, KvRead};
 
 /// Largest encoded response message a stock gRPC client accepts (4 MiB): no page, Txn
@@ -145,27 +146,38 @@ impl RangeQuery {
         }
     }
 
-    /// Reads one piece that fits `budget` (see [`ResponseBudget`]), spending from it.
-    pub fn read_page(&self, view: &impl KvRead, budget: &mut ResponseBudget) -> Result<RangePage> {
+    /// Whether this reads one key (no `range_end`).
+    pub fn is_point(&self) -> bool {
+        self.range_end.is_empty()
+    }
+
+    /// The answer of a point query whose key holds `value`, spending from `budget`.
+    pub fn point_page(&self, value: Option<StoredValue>, budget: &mut ResponseBudget) -> RangePage {
         let mut page = RangePage::default();
-        if self.range_end.is_empty() {
-            if let Some(v) = view.get(&self.key)?
-                && self.matches(v.create_revision, v.mod_revision)
-            {
-                if self.count_only {
+        if let Some(v) = value
+            && self.matches(v.create_revision, v.mod_revision)
+        {
+            if self.count_only {
+                page.count = 1;
+            } else {
+                let kv = self.to_kv(&self.key, &v);
+                if budget.take(&kv, true) {
                     page.count = 1;
+                    page.kvs.push(kv);
                 } else {
-                    let kv = self.to_kv(&self.key, &v);
-                    if budget.take(&kv, true) {
-                        page.count = 1;
-                        page.kvs.push(kv);
-                    } else {
-                        page.more = true;
-                    }
+                    page.more = true;
                 }
             }
-            return Ok(page);
         }
+        page
+    }
+
+    /// Reads one piece that fits `budget` (see [`ResponseBudget`]), spending from it.
+    pub fn read_page(&self, view: &impl KvRead, budget: &mut ResponseBudget) -> Result<RangePage> {
+        if self.is_point() {
+            return Ok(self.point_page(view.get(&self.key)?, budget));
+        }
+        let mut page = RangePage::default();
         let limit = if self.limit == 0 {
             u64::MAX
         } else {
@@ -194,7 +206,7 @@ impl RangeQuery {
         Ok(page)
     }
 
-    fn to_kv(&self, key: &[u8], v: &crate::values::StoredValue) -> KeyValue {
+    fn to_kv(&self, key: &[u8], v: &StoredValue) -> KeyValue {
         KeyValue {
             key: key.to_vec(),
             create_revision: v.create_revision as i64,

@@ -20,6 +20,7 @@ use crate::keys;
 use crate::point_in_time::{OwnedTableAt, TableAt, TableDigest};
 use crate::range::{RangePage, RangeQuery, ResponseBudget};
 use crate::snapshot::{self, InstallJob};
+use crate::view::decode_stored;
 
 /// The state machine of a table group: [`TableFsm`] plus its applied state.
 #[derive(Debug)]
@@ -323,10 +324,31 @@ impl Table {
         self.group.stopped().await;
     }
 
-    /// Reads one page of `query` (off the async reactor).
+    /// Reads one page of `query`: a point read that memory answers right here, anything
+    /// else off the async reactor.
     pub async fn read_page(&self, query: RangeQuery) -> Result<RangePage> {
+        if query.is_point()
+            && let Some(page) = self.read_point_from_memory(&query)?
+        {
+            return Ok(page);
+        }
         let at = self.point_in_time();
         read_page_at(at, query).await
+    }
+
+    /// A point read from the memtables and block cache only (microseconds, no file
+    /// read, no snapshot: one key is read atomically), or `None` when a file must be read.
+    /// Most reads of a working set that fits the cache end here, without the thread
+    /// hand-off of the blocking pool.
+    fn read_point_from_memory(&self, query: &RangeQuery) -> Result<Option<RangePage>> {
+        let key = keys::data_key(self.id(), &query.key);
+        let Some(stored) = self.engine.get_from_memory(keys::CF_DATA, &key)? else {
+            return Ok(None);
+        };
+        let value = stored
+            .map(|bytes| decode_stored(self.id(), &query.key, &bytes))
+            .transpose()?;
+        Ok(Some(query.point_page(value, &mut ResponseBudget::page())))
     }
 
     /// This table as of now, to read several pages from one instant (IterateRange).

@@ -100,17 +100,23 @@ impl<'a> DbView<'a> {
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<StoredValue> {
-        StoredValue::decode(bytes).ok_or_else(|| {
-            Error::corrupt(
-                self.table_id,
-                format!(
-                    "the value of key {:?} is {} bytes, too short for its revisions",
-                    String::from_utf8_lossy(key),
-                    bytes.len()
-                ),
-            )
-        })
+        decode_stored(self.table_id, key, bytes)
     }
+}
+
+/// Decodes the stored value of `key` in table `table_id`; too few bytes is corruption
+/// naming the table and key, never a default.
+pub(crate) fn decode_stored(table_id: u64, key: &[u8], bytes: &[u8]) -> Result<StoredValue> {
+    StoredValue::decode(bytes).ok_or_else(|| {
+        Error::corrupt(
+            table_id,
+            format!(
+                "the value of key {:?} is {} bytes, too short for its revisions",
+                String::from_utf8_lossy(key),
+                bytes.len()
+            ),
+        )
+    })
 }
 
 impl KvRead for DbView<'_> {
