@@ -515,12 +515,11 @@ mod tests {
     #[test]
     fn a_commit_only_hard_state_waits_for_the_next_write_but_votes_do_not() {
         let (_d, engine, mut s) = open();
-        let hs = |term, vote, commit| {
-            let mut h = HardState::default();
-            h.term = term;
-            h.vote = vote;
-            h.commit = commit;
-            h
+        let hs = |term, vote, commit| HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
         };
         let w = s.stage(&[], Some(&hs(1, 1, 0))).expect("stage");
         assert!(!w.is_empty(), "a new term and vote are written");
