@@ -6,6 +6,7 @@
 # this machine's cores; nothing else should run meanwhile.
 # Usage: scripts/bench-vs-etcd.sh [seconds-per-round] [rounds] [sizes...]
 #   e.g. scripts/bench-vs-etcd.sh 10 3 1 3     (1-node clusters, then 3-node clusters)
+# BENCH_ARGS adds flotilla-vs-etcd flags, e.g. BENCH_ARGS="--workloads put,scan".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The same build cache as .ci/run and scripts/chaos.sh (RocksDB compiles once).
@@ -34,69 +35,18 @@ cargo build --profile "$profile" --locked -q -p flotilla-server --bin flotilla -
 bin="$CARGO_TARGET_DIR/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 root=$(mktemp -d)
 pids=()
-stop_all() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  pids=()
-}
+# shellcheck source=scripts/lib/loopback.sh
+source scripts/lib/loopback.sh
 trap 'stop_all; rm -rf "$root"' EXIT
-
-# n free loopback ports below the ephemeral range (32768+), from a random start.
-free_ports() {
-  python3 - "$1" <<'PY'
-import random, socket, sys
-n, out, port = int(sys.argv[1]), [], random.randrange(20000, 31000)
-while len(out) < n:
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port)); out.append(port)
-    except OSError:
-        pass
-    finally:
-        s.close()
-    port += 1
-print(" ".join(map(str, out)))
-PY
-}
-
-wait_for() { # file pattern
-  for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "bench-vs-etcd: timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; return 1
-}
 
 echo "# $(date -u +%F) $(nproc) cores, $(uname -r), commit $(git rev-parse --short HEAD), $profile build, $(etcd --version | head -1)"
 for size in "${sizes[@]}"; do
-  read -r -a ports <<<"$(free_ports $((size * 6)))"
-  etcd_cluster="" members="" etcd_eps="" flotilla_eps="" etcd_pids="" flotilla_pids=""
-  for i in $(seq 1 "$size"); do
-    b=$(( (i - 1) * 6 ))
-    etcd_cluster+="${etcd_cluster:+,}e$i=http://127.0.0.1:${ports[b+1]}"
-    members+="${members:+,}$i=127.0.0.1:${ports[b+4]}"
-    etcd_eps+="${etcd_eps:+,}127.0.0.1:${ports[b]}"
-    flotilla_eps+="${flotilla_eps:+,}127.0.0.1:${ports[b+2]}"
-  done
-  for i in $(seq 1 "$size"); do
-    b=$(( (i - 1) * 6 ))
-    etcd --name "e$i" --data-dir "$root/etcd$size-$i" \
-      --listen-client-urls "http://127.0.0.1:${ports[b]}" --advertise-client-urls "http://127.0.0.1:${ports[b]}" \
-      --listen-peer-urls "http://127.0.0.1:${ports[b+1]}" --initial-advertise-peer-urls "http://127.0.0.1:${ports[b+1]}" \
-      --initial-cluster "$etcd_cluster" --initial-cluster-state new --initial-cluster-token bench \
-      --log-level error --logger zap >"$root/etcd$size-$i.log" 2>&1 &
-    pids+=($!)
-    etcd_pids+="${etcd_pids:+,}$!"
-    raft_flags=()
-    [ "$size" -eq 1 ] || raft_flags=(--raft.node-id "$i" --raft.address "127.0.0.1:${ports[b+4]}" --raft.initial-members "$members")
-    "$bin/flotilla" leader --data-dir "$root/flotilla$size-$i" --api.address "127.0.0.1:${ports[b+2]}" \
-      --rest.address "127.0.0.1:${ports[b+3]}" \
-      --replication.address "127.0.0.1:${ports[b+5]}" "${raft_flags[@]}" >"$root/flotilla$size-$i.log" 2>&1 &
-    pids+=($!)
-    flotilla_pids+="${flotilla_pids:+,}$!"
-  done
-  for i in $(seq 1 "$size"); do wait_for "$root/flotilla$size-$i.log" "API (gRPC) on"; done
+  start_etcd_cluster "etcd$size" "$size"
+  start_flotilla_cluster "flotilla$size" "$size"
   echo
   echo "## $size node(s): Flotilla $flotilla_eps, etcd $etcd_eps"
   "$bin/flotilla-vs-etcd" --label "$size node(s)" --flotilla "$flotilla_eps" --etcd "$etcd_eps" \
     --flotilla-pids "$flotilla_pids" --etcd-pids "$etcd_pids" \
-    --seconds "$seconds" --rounds "$rounds"
+    --seconds "$seconds" --rounds "$rounds" ${BENCH_ARGS:-}
   stop_all
 done

@@ -29,6 +29,11 @@ pub struct RaftStorage {
     last_index: u64,
     /// Entries not yet known durable or applied, contiguous, ending at `last_index`.
     tail: VecDeque<Entry>,
+    /// Index and term of the newest entry trimmed from `tail` ((0, 0) when unknown). Raft
+    /// asks for the term of the entry before every append it receives, usually the last
+    /// applied one: answered here, not by a RocksDB read (seen at ~5% of a node's CPU
+    /// with 100 tables writing).
+    trimmed: (u64, u64),
     /// Approximate encoded size of the entries in the log (exact after load; removals
     /// are estimated at the average entry size), for byte-based retention.
     log_bytes: u64,
@@ -122,6 +127,7 @@ impl RaftStorage {
             truncated,
             last_index,
             tail: VecDeque::new(),
+            trimmed: (0, 0),
             log_bytes,
         })
     }
@@ -175,6 +181,7 @@ impl RaftStorage {
         self.truncated = (meta.index, meta.term);
         self.last_index = meta.index;
         self.tail.clear();
+        self.trimmed = (0, 0);
         self.log_bytes = 0;
         self.conf_state = meta.get_conf_state().clone();
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
@@ -212,6 +219,9 @@ impl RaftStorage {
             if self.tail_first() > first_index {
                 // The replaced part was only on disk: the tail restarts here.
                 self.tail.clear();
+            }
+            if self.trimmed.0 >= first_index {
+                self.trimmed = (0, 0);
             }
             let new_last = entries.last().map_or(first_index, |e| e.index);
             if first_index <= self.last_index {
@@ -257,7 +267,9 @@ impl RaftStorage {
     /// now on.
     pub fn trim_tail(&mut self, index: u64) {
         while self.tail.front().is_some_and(|e| e.index <= index) {
-            self.tail.pop_front();
+            if let Some(e) = self.tail.pop_front() {
+                self.trimmed = (e.index, e.term);
+            }
         }
     }
 
@@ -313,10 +325,16 @@ impl RaftStorage {
         self.last_index
     }
 
+    fn tail_entry(&self, index: u64) -> Option<&Entry> {
+        let first = self.tail_first();
+        if index < first {
+            return None;
+        }
+        self.tail.get((index - first) as usize)
+    }
+
     fn read_entry(&self, index: u64) -> Result<Entry, raft::Error> {
-        if index >= self.tail_first()
-            && let Some(e) = self.tail.get((index - self.tail_first()) as usize)
-        {
+        if let Some(e) = self.tail_entry(index) {
             return Ok(e.clone());
         }
         let bytes = self
@@ -376,6 +394,12 @@ impl raft::Storage for RaftStorage {
         }
         if idx > self.last_index {
             return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        if idx == self.trimmed.0 {
+            return Ok(self.trimmed.1);
+        }
+        if let Some(e) = self.tail_entry(idx) {
+            return Ok(e.term);
         }
         Ok(self.read_entry(idx)?.term)
     }
@@ -534,6 +558,30 @@ mod tests {
         assert_eq!((stored.term, stored.vote, stored.commit), (1, 1, 4));
         let w = s.stage(&[], Some(&hs(2, 0, 4))).expect("stage");
         assert!(!w.is_empty(), "a new term is written at once");
+    }
+
+    #[test]
+    fn the_term_of_the_last_trimmed_entry_needs_no_read() {
+        let (_d, engine, mut s) = open();
+        let w = s
+            .stage(&[entry(1, 1), entry(2, 1), entry(3, 2)], None)
+            .expect("stage");
+        persist(&engine, w);
+        s.trim_tail(3);
+        // Take the entries from under the storage: only what it keeps in memory answers.
+        let mut b = WriteBatch::default();
+        b.delete_range_cf(
+            engine.cf(keys::CF_RAFT),
+            keys::raft_log_key(9, 0),
+            keys::raft_log_key(9, u64::MAX),
+        );
+        engine.write(b, true).expect("write");
+        assert_eq!(s.term(3).expect("the newest trimmed entry's term"), 2);
+        assert!(s.term(2).is_err(), "older entries are read from RocksDB");
+        // A replaced suffix forgets it.
+        let w = s.stage(&[entry(3, 3)], None).expect("stage");
+        persist(&engine, w);
+        assert_eq!(s.term(3).expect("term"), 3);
     }
 
     #[test]

@@ -136,7 +136,9 @@ pub async fn round(
 }
 
 /// Writes every key of `space` once, `clients` at a time, so reads always find their key.
+/// A failed put is retried for up to a minute: tables just created may still be electing.
 pub async fn preload(connections: &[Store], clients: usize, space: KeySpace) -> Result<(), Status> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -148,7 +150,12 @@ pub async fn preload(connections: &[Store], clients: usize, space: KeySpace) -> 
                 if i >= space.keys {
                     return Ok::<_, Status>(());
                 }
-                store.put(space.key(i), space.value()).await?;
+                while let Err(e) = store.put(space.key(i), space.value()).await {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }));
     }

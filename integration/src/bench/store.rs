@@ -1,5 +1,8 @@
 //! The two systems under test behind one interface, so every workload sends the same
-//! requests to Flotilla (Armada's `regatta.v1.KV`, one table) and to etcd (`etcdserverpb.KV`).
+//! requests to Flotilla (Armada's `regatta.v1.KV`, over one or more tables) and to etcd
+//! (`etcdserverpb.KV`).
+
+use std::sync::Arc;
 
 use flotilla_proto::regatta::v1::kv_client::KvClient;
 use flotilla_proto::regatta::v1::tables_client::TablesClient;
@@ -29,10 +32,10 @@ impl System {
 /// One client of one system over a shared connection (cheap to clone).
 #[derive(Clone)]
 pub enum Store {
-    /// Flotilla: every request names `table`.
+    /// Flotilla: each key lives in one of `tables`, always the same one (see `table_of`).
     Flotilla {
         kv: KvClient<Channel>,
-        table: Vec<u8>,
+        tables: Arc<[Vec<u8>]>,
     },
     Etcd(etcd::EtcdKv),
 }
@@ -41,12 +44,12 @@ pub enum Store {
 const TO_THE_END: &[u8] = &[0];
 
 impl Store {
-    /// A client of `system` on `channel`; Flotilla requests go to `table`.
-    pub fn new(system: System, channel: Channel, table: &str) -> Self {
+    /// A client of `system` on `channel`; Flotilla keys are spread over `tables`.
+    pub fn new(system: System, channel: Channel, tables: &[String]) -> Self {
         match system {
             System::Flotilla => Store::Flotilla {
                 kv: KvClient::new(channel),
-                table: table.as_bytes().to_vec(),
+                tables: tables.iter().map(|t| t.as_bytes().to_vec()).collect(),
             },
             System::Etcd => Store::Etcd(etcd::EtcdKv::new(channel)),
         }
@@ -55,9 +58,9 @@ impl Store {
     /// Writes `key` = `value`.
     pub async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Status> {
         match self {
-            Store::Flotilla { kv, table } => kv
+            Store::Flotilla { kv, tables } => kv
                 .put(PutRequest {
-                    table: table.clone(),
+                    table: table_of(tables, &key).to_vec(),
                     key,
                     value,
                     prev_kv: false,
@@ -82,9 +85,9 @@ impl Store {
             Vec::new()
         };
         match self {
-            Store::Flotilla { kv, table } => kv
+            Store::Flotilla { kv, tables } => kv
                 .range(RangeRequest {
-                    table: table.clone(),
+                    table: table_of(tables, &key).to_vec(),
                     key,
                     range_end,
                     limit,
@@ -104,6 +107,15 @@ impl Store {
                 .map(|r| r.kvs.len()),
         }
     }
+}
+
+/// The table `key` lives in: a hash of the key, so a read finds what a put wrote (a scan
+/// reads from the table of its first key).
+fn table_of<'t>(tables: &'t [Vec<u8>], key: &[u8]) -> &'t [u8] {
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    &tables[(hash % tables.len().max(1) as u64) as usize]
 }
 
 /// Creates Flotilla table `table` through `channel` unless it already exists.

@@ -64,9 +64,22 @@ struct Args {
     key_bytes: usize,
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
-    /// The Flotilla table used (created if missing).
+    /// The Flotilla table used (created if missing); with `--tables N` above 1, tables
+    /// TABLE0..TABLE{N-1}, each key always in the same one.
     #[arg(long, default_value = "bench")]
     table: String,
+    /// How many Flotilla tables the keys are spread over (each its own raft group).
+    #[arg(long, default_value_t = 1)]
+    tables: usize,
+}
+
+impl Args {
+    fn table_names(&self) -> Vec<String> {
+        match self.tables {
+            0 | 1 => vec![self.table.clone()],
+            n => (0..n).map(|i| format!("{}{i}", self.table)).collect(),
+        }
+    }
 }
 
 async fn connect(endpoint: &str) -> Result<Channel, String> {
@@ -99,7 +112,7 @@ impl Side {
         let mut stores = Vec::new();
         for i in 0..args.connections.max(1) {
             let channel = connect(&endpoints[i % endpoints.len()]).await?;
-            stores.push(Store::new(system, channel, &args.table));
+            stores.push(Store::new(system, channel, &args.table_names()));
         }
         // A cluster just started may still be electing: every connection must take a
         // write before the clock starts.
@@ -214,14 +227,17 @@ async fn run(args: Args) -> Result<(), String> {
         value_bytes: args.value_bytes,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let created = loop {
-        let attempt = store::create_table(connect(&args.flotilla[0]).await?, &args.table).await;
-        if attempt.is_ok() || tokio::time::Instant::now() > deadline {
-            break attempt;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    created.map_err(|e| format!("creating table {}: {e}", args.table))?;
+    let channel = connect(&args.flotilla[0]).await?;
+    for table in args.table_names() {
+        let created = loop {
+            let attempt = store::create_table(channel.clone(), &table).await;
+            if attempt.is_ok() || tokio::time::Instant::now() > deadline {
+                break attempt;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        created.map_err(|e| format!("creating table {table}: {e}"))?;
+    }
     let mut sides = vec![Side::open(&args, System::Flotilla, deadline).await?];
     if !args.etcd.is_empty() {
         sides.push(Side::open(&args, System::Etcd, deadline).await?);
@@ -232,10 +248,11 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("{} preload: {e}", side.system.name()))?;
     }
     println!(
-        "# {}: clients {}, connections {}, keys {} x {} B, values {} B, {} s per round, {} rounds",
+        "# {}: clients {}, connections {}, Flotilla tables {}, keys {} x {} B, values {} B, {} s per round, {} rounds",
         args.label,
         args.clients,
         args.connections,
+        args.table_names().len(),
         args.keys,
         args.key_bytes,
         args.value_bytes,
