@@ -1,7 +1,8 @@
 # Shared by the benchmark scripts (sourced): loopback ports, waiting for a log line, and
 # starting Flotilla nodes that bind 127.0.0.1 only. Expects $bin (the binaries' directory)
 # and $root (a scratch directory); appends every started PID to the array `pids`.
-# FLOTILLA_ARGS adds flags to every Flotilla node (e.g. "--raft.threads 1").
+# BENCH_NODE_ARGS adds flags to every Flotilla node (e.g. "--raft.threads 1"; not a
+# FLOTILLA_* name: the node refuses environment variables it does not know).
 
 # n free loopback ports below the ephemeral range (32768+), from a random start.
 free_ports() {
@@ -52,7 +53,7 @@ start_flotilla_cluster() {
     [ "$size" -eq 1 ] || raft_flags=(--raft.node-id "$i" --raft.address "127.0.0.1:${ports[b+3]}" --raft.initial-members "$members")
     "$bin/flotilla" leader --data-dir "$root/$name-$i" --api.address "127.0.0.1:${ports[b]}" \
       --rest.address "127.0.0.1:${ports[b+1]}" --replication.address "127.0.0.1:${ports[b+2]}" \
-      "${raft_flags[@]}" ${FLOTILLA_ARGS:-} >"$root/$name-$i.log" 2>&1 &
+      "${raft_flags[@]}" ${BENCH_NODE_ARGS:-} >"$root/$name-$i.log" 2>&1 &
     pids+=($!)
     flotilla_pids+="${flotilla_pids:+,}$!"
     flotilla_eps+="${flotilla_eps:+,}127.0.0.1:${ports[b]}"
