@@ -477,10 +477,9 @@ impl<M: StateMachine> RaftGroup<M> {
                 };
                 self.raw_node.report_snapshot(peer, status);
             }
-            Request::ReadIndex { reply } => {
-                self.reads.add(reply);
-                self.reads.release(&mut self.raw_node, self.ticks);
-            }
+            // Handed to raft by the Ready loop after the mailbox is drained, together
+            // with every other read that arrived meanwhile (one read index for all).
+            Request::ReadIndex { reply } => self.reads.add(reply),
             Request::Propose { .. } if self.leader() == 0 => {
                 if self.waiting.len() >= MAX_WAITING {
                     reject(req, Error::NotProposed(NotProposed::NoLeader));
