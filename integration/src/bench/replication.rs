@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 pub async fn connect(api: &str) -> Result<Channel, String> {
     Channel::from_shared(format!("http://{api}"))
         .map_err(|e| format!("{api}: {e}"))?
+        .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use flotilla_integration::bench::lag;
@@ -86,7 +86,7 @@ async fn run(args: Args) -> Result<(), String> {
         poll.as_micros()
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let observer = tokio::spawn(lag::observe(follower, table.clone(), n, poll, stop.clone()));
+    let mut observer = tokio::spawn(lag::observe(follower, table.clone(), n, poll, stop.clone()));
     let rests: Vec<(&str, String)> = [
         ("leader", args.leader_rest),
         ("follower", args.follower_rest),
@@ -106,14 +106,15 @@ async fn run(args: Args) -> Result<(), String> {
         let after = Fsyncs::read(rest).await?;
         fsync_lines.push(after.report_since(before, name, writes.len()));
     }
-    let grace = Instant::now() + GRACE;
-    while !observer.is_finished() && Instant::now() < grace {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let observed = observer
-        .await
-        .map_err(|e| format!("observer task: {e}"))??;
+    // The observer ends by itself once it has seen every key; after GRACE it is told to.
+    let observed = match tokio::time::timeout(GRACE, &mut observer).await {
+        Ok(finished) => finished,
+        Err(_) => {
+            stop.store(true, Ordering::Relaxed);
+            observer.await
+        }
+    };
+    let observed = observed.map_err(|e| format!("observer task: {e}"))??;
     for line in lag::report(&writes, &observed) {
         println!("{line}");
     }

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use flotilla_integration::bench::load::{self, KeySpace, RoundResult, Workload};
+use flotilla_integration::bench::replication::connect;
 use flotilla_integration::bench::store::{self, Store, System};
 use flotilla_testkit::process;
-use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser, Debug)]
 #[command(about = "Drive Flotilla and etcd with the same load and print their ratio")]
@@ -80,16 +80,6 @@ impl Args {
             n => (0..n).map(|i| format!("{}{i}", self.table)).collect(),
         }
     }
-}
-
-async fn connect(endpoint: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{endpoint}"))
-        .map_err(|e| format!("{endpoint}: {e}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("connecting to {endpoint}: {e}"))
 }
 
 /// One system under test: its connections and its nodes' processes.
