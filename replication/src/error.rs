@@ -97,6 +97,12 @@ pub enum Error {
     /// The table's group stopped while a stream was serving it.
     #[error("table stopped")]
     TableStopped,
+    /// Maintenance/Restore: a message after the first carries no chunk.
+    #[error("chunk expected")]
+    ChunkExpected,
+    /// Maintenance/Restore: the client's stream failed before it ended.
+    #[error("restore stream: {}", .0.message())]
+    RestoreStream(tonic::Status),
     /// A blocking task serving a stream panicked (a bug).
     #[error("a replication task failed: {0}")]
     TaskFailed(String),

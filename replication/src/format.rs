@@ -91,6 +91,11 @@ impl<R: Read> RecordReader<R> {
         }
     }
 
+    /// The source, once reading is done.
+    pub(crate) fn into_inner(self) -> R {
+        self.decoder.into_inner()
+    }
+
     /// The next command, or `None` at a clean end of the stream.
     pub fn next_command(&mut self) -> Result<Option<Command>> {
         let mut len = [0u8; 8];
@@ -112,6 +117,67 @@ impl<R: Read> RecordReader<R> {
         let mut buf = vec![0u8; len as usize];
         self.decoder.read_exact(&mut buf)?;
         Ok(Some(Command::decode(&buf[..])?))
+    }
+}
+
+/// `Read` over chunks arriving on a channel, for a blocking thread decoding a stream as
+/// it arrives; with a sink, every chunk is also written there as it is taken.
+pub(crate) struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+    sink: Option<Box<dyn Write + Send>>,
+}
+
+impl ChannelReader {
+    /// Reads what arrives on `rx` until it closes.
+    pub(crate) fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            sink: None,
+        }
+    }
+
+    /// Also writes every chunk to `sink` (a copy of the stream as received).
+    pub(crate) fn teeing(
+        rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        sink: Box<dyn Write + Send>,
+    ) -> Self {
+        Self {
+            sink: Some(sink),
+            ..Self::new(rx)
+        }
+    }
+
+    /// The sink, flushed (for its owner to make durable).
+    pub(crate) fn into_sink(mut self) -> std::io::Result<Option<Box<dyn Write + Send>>> {
+        if let Some(sink) = &mut self.sink {
+            sink.flush()?;
+        }
+        Ok(self.sink)
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => {
+                    if let Some(sink) = &mut self.sink {
+                        sink.write_all(&chunk)?;
+                    }
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

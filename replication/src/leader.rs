@@ -103,19 +103,27 @@ impl LeaderService {
     /// Starts streaming the full snapshot of `table` (what Snapshot/Stream and the
     /// `snapshots-live/<table>` HTTP object send); `None` if there is no such table.
     pub async fn live_snapshot(&self, table: &[u8]) -> Option<SnapshotStream> {
-        self.full_snapshot(table, None).await
+        self.full_snapshot(table, None, Trailer::Dummy).await
+    }
+
+    /// Starts streaming a backup of `table` (Maintenance/Backup, WIRE.md §5.9): the full
+    /// snapshot without its trailing DUMMY; every chunk carries the applied index the data
+    /// reflects. `None` if there is no such table.
+    pub async fn backup(&self, table: &[u8]) -> Option<SnapshotStream> {
+        self.full_snapshot(table, None, Trailer::None).await
     }
 
     async fn full_snapshot(
         &self,
         table: &[u8],
         expected_id: Option<u64>,
+        trailer: Trailer,
     ) -> Option<SnapshotStream> {
         let table = self.table(table, expected_id).await?;
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let tx = StallingSender::new(tx, self.reader_stall);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = write_full_snapshot(&table, &tx) {
+            if let Err(e) = write_full_snapshot(&table, &tx, trailer) {
                 tx.send(Err(e));
             }
         });
@@ -189,7 +197,7 @@ impl LeaderService {
                 .ok_or(Error::StreamTableNotFound(name))?;
             return incremental_stream(table, req.leader_index, self.reader_stall).await;
         }
-        self.full_snapshot(&req.table, expected_id)
+        self.full_snapshot(&req.table, expected_id, Trailer::Dummy)
             .await
             .ok_or(Error::StreamTableNotFound(name))
     }
@@ -434,7 +442,7 @@ fn write_incremental_snapshot(
             Err(e) => return Err(failed.take().unwrap_or(Error::Tables(e))),
         };
         if let ChangesRead::Done(state) = &read {
-            finish_snapshot(&mut writer, name, state.index, &mut send)?;
+            finish_snapshot(&mut writer, name, state.index, Trailer::Dummy, &mut send)?;
         }
         Ok(read)
     })
@@ -468,11 +476,22 @@ fn push_record(
     }
 }
 
-/// Appends the trailing DUMMY carrying `index` and sends what is left of the stream.
+/// How a full export ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trailer {
+    /// A DUMMY carrying the applied index (snapshots: the loader's leader index).
+    Dummy,
+    /// Nothing (backups, WIRE.md §5.8-7).
+    None,
+}
+
+/// Appends the trailing DUMMY carrying `index` (if `trailer` asks for it) and sends what
+/// is left of the stream.
 fn finish_snapshot(
     writer: &mut RecordWriter,
     table: Vec<u8>,
     index: u64,
+    trailer: Trailer,
     send: &mut impl FnMut(Vec<u8>) -> bool,
 ) -> Result<()> {
     let dummy = Command {
@@ -481,7 +500,8 @@ fn finish_snapshot(
         leader_index: Some(index),
         ..Default::default()
     };
-    if let Some(chunk) = writer.push(&dummy)?
+    if trailer == Trailer::Dummy
+        && let Some(chunk) = writer.push(&dummy)?
         && !send(chunk)
     {
         return Ok(());
@@ -500,6 +520,7 @@ fn finish_snapshot(
 fn write_full_snapshot(
     table: &LocalTable,
     tx: &StallingSender<Result<SnapshotChunk>>,
+    trailer: Trailer,
 ) -> Result<()> {
     let name = table.name().as_bytes().to_vec();
     table.read_at_blocking(|at| {
@@ -522,6 +543,7 @@ fn write_full_snapshot(
             Err(flotilla_tables::Error::ReceiverGone) if failed.is_none() => return Ok(()),
             Err(e) => return Err(failed.take().unwrap_or(Error::Tables(e))),
         }
-        finish_snapshot(&mut writer, name, index, &mut send).map_err(|e| failed.take().unwrap_or(e))
+        finish_snapshot(&mut writer, name, index, trailer, &mut send)
+            .map_err(|e| failed.take().unwrap_or(e))
     })
 }

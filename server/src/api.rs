@@ -28,6 +28,17 @@ pub struct Api {
     pub peers: crate::peers::PeerDirectory,
     /// Set on a follower cluster: its link to the leader cluster.
     pub follower: Option<flotilla_replication::follower::Follower>,
+    /// Set on a leader cluster: what Maintenance Backup and Restore work with.
+    pub backups: Option<Backups>,
+}
+
+/// A leader node's backup and restore machinery.
+#[derive(Debug, Clone)]
+pub struct Backups {
+    /// Streams a table's data (the snapshot export, without its trailer).
+    pub exporter: flotilla_replication::leader::LeaderService,
+    /// Where restores are received and staged.
+    pub uploads: flotilla_replication::restore::Uploads,
 }
 
 /// Applied when a client sends no deadline (Armada's default).

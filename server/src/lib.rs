@@ -30,6 +30,7 @@ use anyhow::Context as _;
 use flotilla_ops::Settings;
 use flotilla_replication::follower::{self, FollowerConfig, LeaderSnapshots, ReplicationMetrics};
 use flotilla_replication::leader::LeaderService;
+use flotilla_replication::restore::Uploads;
 use flotilla_tables::group::GroupConfig;
 use flotilla_tables::transport::{NoPeers, Transport};
 use flotilla_tables::{Node, NodeConfig};
@@ -101,6 +102,14 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
     let stop = CancellationToken::new();
     // Every TLS file is read (and refused, naming its flag) before anything binds.
     let tls = listen::Tls::load(&settings, role, stop.clone())?;
+    // A leader node's restores are staged here until their marker applies.
+    let uploads = match role {
+        Role::Leader => Some(
+            Uploads::new(settings.data_dir.join("restore"))
+                .context("preparing the restore staging directory")?,
+        ),
+        Role::Follower => None,
+    };
     let replication = match role {
         Role::Leader => None,
         Role::Follower => {
@@ -134,9 +143,11 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
             ..GroupConfig::default()
         },
         raft_threads: settings.raft.threads,
-        snapshot_source: replication
-            .as_ref()
-            .map(|(_, source, _)| Arc::new(source.clone()) as _),
+        snapshot_source: match (&replication, &uploads) {
+            (Some((_, source, _)), _) => Some(Arc::new(source.clone()) as _),
+            (None, Some(uploads)) => Some(Arc::new(uploads.clone()) as _),
+            (None, None) => None,
+        },
     };
     let peer_directory = peers::PeerDirectory::default();
     // Bound before the node opens: peers may dial as soon as our groups talk to them.
@@ -196,6 +207,11 @@ pub async fn start(settings: Settings, role: Role) -> anyhow::Result<Running> {
         grpc,
         peers: peer_directory.clone(),
         follower,
+        backups: uploads.map(|uploads| api::Backups {
+            // Backups stream like snapshots; the replicate batch budget does not apply.
+            exporter: LeaderService::new(node.clone(), MAX_SEND_MESSAGE_BYTES, stop.clone()),
+            uploads,
+        }),
     };
 
     let api_listen = settings.api_listen()?;

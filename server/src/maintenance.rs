@@ -1,18 +1,24 @@
-//! `maintenance.v1.Maintenance`. A follower cluster serves Reset (re-pull a table from
-//! the leader cluster); Backup and Restore belong to leader clusters and are not built yet.
+//! `maintenance.v1.Maintenance` (WIRE.md §4, §5.9). A follower cluster serves Reset
+//! (re-pull a table from the leader cluster); a leader cluster serves Backup (a table's
+//! data as snapshot chunks) and Restore (a backup taken back in, atomically on every
+//! replica, see `flotilla_replication::restore`).
 
 use std::pin::Pin;
 
 use flotilla_proto::maintenance::v1::maintenance_server::Maintenance;
+use flotilla_proto::maintenance::v1::restore_message::Data;
 use flotilla_proto::maintenance::v1::{
     BackupRequest, ResetRequest, ResetResponse, RestoreMessage, RestoreResponse,
 };
 use flotilla_proto::replication::v1::SnapshotChunk;
-use futures::Stream;
+use flotilla_replication::Error as ReplicationError;
+use flotilla_tables::import::LoadMarker;
+use flotilla_tables::{Error as TablesError, Table};
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::{Api, table_name};
-use crate::status::replication_status;
+use crate::api::{Api, Backups, table_name};
+use crate::status::{kv_status, replication_status, restore_status};
 
 /// The Maintenance service.
 #[derive(Debug, Clone)]
@@ -53,22 +59,120 @@ impl MaintenanceService {
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<SnapshotChunk, Status>> + Send>>;
 
+impl MaintenanceService {
+    fn backups(&self, method: &str) -> Result<&Backups, Status> {
+        self.api
+            .backups
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented(format!("method {method} not implemented")))
+    }
+
+    async fn backup_impl(&self, req: BackupRequest) -> Result<ChunkStream, Status> {
+        let backups = self.backups("Backup")?;
+        let stream = match table_name(&req.table) {
+            Ok(name) if self.api.node.table(name).is_ok() => {
+                backups.exporter.backup(&req.table).await
+            }
+            _ => None,
+        };
+        let stream = stream.ok_or_else(|| Status::unknown("table not found"))?;
+        Ok(Box::pin(
+            stream.map(|item| item.map_err(replication_status)),
+        ))
+    }
+
+    async fn restore_impl(
+        &self,
+        mut stream: Streaming<RestoreMessage>,
+    ) -> Result<RestoreResponse, Status> {
+        let backups = self.backups("Restore")?;
+        let info = match stream.message().await?.and_then(|m| m.data) {
+            Some(Data::Info(info)) => info,
+            _ => return Err(Status::unknown("first message should contain info")),
+        };
+        if info.table.is_empty() {
+            return Err(Status::invalid_argument("table must be set"));
+        }
+        let name = table_name(&info.table)?.to_owned();
+        let table = self.table_for_restore(&name).await?;
+        let uploads = backups.uploads.clone();
+        let holder = self.api.node.node_id();
+        // Receiving and applying run in a task of their own: a client that goes away
+        // mid-stream ends the receive with an error (nothing kept), and once the upload
+        // is whole its restore is carried out and its file removed whether or not the
+        // client waits for the answer.
+        let restored = tokio::spawn(async move {
+            let chunks = stream.map(|message| match message {
+                Ok(RestoreMessage {
+                    data: Some(Data::Chunk(chunk)),
+                }) => Ok(chunk.data),
+                Ok(_) => Err(ReplicationError::ChunkExpected),
+                Err(status) => Err(ReplicationError::RestoreStream(status)),
+            });
+            let id = table.id();
+            let upload = uploads.receive(id, chunks).await.map_err(restore_status)?;
+            tracing::info!(
+                table = table.name(),
+                keys = upload.keys,
+                bytes = upload.bytes,
+                "restore received; swapping it in on every replica"
+            );
+            let out = table
+                .propose_load(LoadMarker::restore(upload.number, holder))
+                .await;
+            // An unknown outcome keeps the upload: the marker may still apply.
+            if !matches!(
+                out,
+                Err(TablesError::OutcomeUnknown(_) | TablesError::CommittedWithoutResult { .. })
+            ) {
+                uploads.discard(id, upload.number);
+            }
+            out.map_err(kv_status)
+        });
+        let out = restored
+            .await
+            .map_err(|e| Status::internal(format!("restore task: {e}")))??;
+        tracing::info!(table = %name, revision = out.revision, "restore applied");
+        Ok(RestoreResponse {})
+    }
+
+    /// The table a restore replaces, created if absent (WIRE.md §5.9).
+    async fn table_for_restore(&self, name: &str) -> Result<Table, Status> {
+        if let Ok(table) = self.api.node.table(name) {
+            return Ok(table);
+        }
+        match self.api.node.create_table(name).await {
+            Ok(_) | Err(TablesError::TableExists) => {}
+            Err(e) => return Err(kv_status(e)),
+        }
+        self.api.node.table(name).map_err(kv_status)
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     type BackupStream = ChunkStream;
 
     async fn backup(
         &self,
-        _request: Request<BackupRequest>,
+        request: Request<BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        Err(Status::unimplemented("method Backup not implemented"))
+        self.api
+            .grpc
+            .observe("Backup", self.backup_impl(request.into_inner()))
+            .await
+            .map(Response::new)
     }
 
     async fn restore(
         &self,
-        _request: Request<Streaming<RestoreMessage>>,
+        request: Request<Streaming<RestoreMessage>>,
     ) -> Result<Response<RestoreResponse>, Status> {
-        Err(Status::unimplemented("method Restore not implemented"))
+        self.api
+            .grpc
+            .observe("Restore", self.restore_impl(request.into_inner()))
+            .await
+            .map(Response::new)
     }
 
     async fn reset(

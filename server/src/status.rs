@@ -72,7 +72,8 @@ pub fn replication_status(e: ReplicationError) -> Status {
         }
         ReplicationError::AheadOfLeader { .. } => Status::out_of_range(e.to_string()),
         ReplicationError::Tables(t) => kv_status(t),
-        ReplicationError::Leader(status) => status,
+        ReplicationError::Leader(status) | ReplicationError::RestoreStream(status) => status,
+        ReplicationError::ChunkExpected => Status::unknown(e.to_string()),
         e @ (ReplicationError::Format(_)
         | ReplicationError::SnapshotBytes(_)
         | ReplicationError::Io { .. }
@@ -83,6 +84,19 @@ pub fn replication_status(e: ReplicationError) -> Status {
         | ReplicationError::MissingCommand { .. }
         | ReplicationError::LeaderBehind { .. }
         | ReplicationError::TaskFailed(_)) => Status::internal(e.to_string()),
+    }
+}
+
+/// Status for a failed Maintenance/Restore (WIRE.md §5.6): bad backup bytes are the
+/// client's to fix.
+pub fn restore_status(e: ReplicationError) -> Status {
+    match e {
+        e @ (ReplicationError::Format(_)
+        | ReplicationError::SnapshotBytes(_)
+        | ReplicationError::Decode(_)) => {
+            Status::invalid_argument(format!("restore data is not a backup: {e}"))
+        }
+        other => replication_status(other),
     }
 }
 

@@ -27,13 +27,14 @@ pub enum LogRead {
 /// Reads committed commands of table `id` from `from` up to `to` (inclusive), stopping
 /// once `max_bytes` of encoded commands are collected (at least one is returned).
 /// Entries that are not commands (leader no-ops, membership changes) come back as DUMMY,
-/// so the follower's leader index advances past them too.
+/// so the follower's leader index advances past them too. A restore (a load marker in
+/// the log) cannot be replayed from the log: reading stops before it, and a read that
+/// starts at or before the last one is [`LogRead::Compacted`].
 pub fn read_log(engine: &Engine, id: u64, from: u64, to: u64, max_bytes: usize) -> Result<LogRead> {
     // One snapshot for the truncation point and the entries: compaction between the two
     // reads would otherwise look like a hole.
     let at = TableAt::new(engine, id);
-    let truncated = at.truncated_index()?;
-    if from <= truncated {
+    if from <= horizon(&at)? {
         return Ok(LogRead::Compacted);
     }
     let snap = engine.snapshot();
@@ -52,6 +53,13 @@ pub fn read_log(engine: &Engine, id: u64, from: u64, to: u64, max_bytes: usize) 
         }
         let entry = Entry::parse_from_bytes(v)
             .map_err(|e| Error::corrupt(id, format!("log entry {next}: {e}")))?;
+        if crate::import::is_marker(&entry.data) {
+            // A restore not applied when the horizon was read: nothing from here on.
+            if out.is_empty() {
+                return Ok(LogRead::Compacted);
+            }
+            break;
+        }
         let cmd = command_of(&entry, id)?;
         bytes += cmd.encoded_len();
         if !out.is_empty() && bytes > max_bytes {
@@ -64,10 +72,16 @@ pub fn read_log(engine: &Engine, id: u64, from: u64, to: u64, max_bytes: usize) 
     iter_status(&iter)?;
     // Compacted after the truncation point was read (the snapshot pins what we read,
     // not what is kept).
-    if out.is_empty() && from <= TableAt::new(engine, id).truncated_index()? {
+    if out.is_empty() && from <= horizon(&TableAt::new(engine, id))? {
         return Ok(LogRead::Compacted);
     }
     Ok(LogRead::Commands(out))
+}
+
+/// The last index whose history a reader can no longer replay: the log's compaction
+/// point or the table's GC horizon (raised by a restore), whichever is later.
+fn horizon(at: &TableAt<'_>) -> Result<u64> {
+    Ok(at.truncated_index()?.max(at.applied()?.gc_horizon))
 }
 
 /// The command a leader-table log entry carries, with its index as the leader index.
@@ -139,7 +153,7 @@ pub fn for_each_change(
             applied: applied.index,
         });
     }
-    let horizon = at.truncated_index()?;
+    let horizon = horizon(at)?;
     if since < horizon {
         return Ok(ChangesRead::BeforeHorizon { horizon });
     }

@@ -162,10 +162,10 @@ fn entry() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         bytes(64),
         (any::<u64>(), any::<u64>()).prop_map(|(leader_index, holder)| {
-            crate::import::encode_marker(crate::import::LoadMarker {
+            crate::import::encode_marker(crate::import::LoadMarker::leader_snapshot(
                 leader_index,
                 holder,
-            })
+            ))
         }),
         bytes(24).prop_map(|tail| [&REPLICATED_PREFIX[..], &tail].concat()),
         encoded,

@@ -77,11 +77,14 @@ impl TableMachine {
     }
 
     /// Whether this replica skips `marker`: it already holds that leader index or a newer
-    /// one (loads never go back, except after a reset, which stores 0).
+    /// one (loads never go back, except after a reset, which stores 0). A restore is
+    /// never skipped.
     fn skips(&self, marker: &LoadMarker) -> bool {
-        self.state
-            .leader_index
-            .is_some_and(|stored| stored != 0 && stored >= marker.leader_index)
+        marker.upload.is_none()
+            && self
+                .state
+                .leader_index
+                .is_some_and(|stored| stored != 0 && stored >= marker.leader_index)
     }
 }
 
@@ -144,7 +147,7 @@ impl StateMachine for TableMachine {
         })
     }
 
-    fn external_load(&self, data: &[u8], exact: bool) -> Option<LoadPlan> {
+    fn external_load(&self, index: u64, data: &[u8], exact: bool) -> Option<LoadPlan> {
         let marker = import::decode_marker(self.id, data)?.ok()?;
         if self.skips(&marker) {
             return None;
@@ -157,8 +160,20 @@ impl StateMachine for TableMachine {
             return None;
         };
         // Only the node holding the download loads it (see `crate::import`); the others
-        // get the marker's state from their group, but for the last resort.
-        let fetch = if !exact {
+        // get the marker's state from their group, but for the last resort (which a
+        // restore does not have: its upload exists nowhere else).
+        let fetch = if let Some(upload) = marker.upload {
+            (marker.holder == self.node_id).then(|| {
+                source.fetch(
+                    &self.name,
+                    self.id,
+                    Wanted::Upload {
+                        upload,
+                        revision: index,
+                    },
+                )
+            })
+        } else if !exact {
             Some(source.fetch(&self.name, self.id, Wanted::AtLeast(marker.leader_index)))
         } else if marker.holder == self.node_id {
             Some(source.fetch(&self.name, self.id, Wanted::Exactly(marker.leader_index)))
@@ -172,6 +187,7 @@ impl StateMachine for TableMachine {
         &self,
         index: u64,
         term: u64,
+        marker: &LoadMarker,
         loaded: LoadedSnapshot,
     ) -> Result<(InstallJob, ApplyOutput)> {
         let output = ApplyOutput {
@@ -179,7 +195,14 @@ impl StateMachine for TableMachine {
             succeeded: true,
             ..Default::default()
         };
-        let job = import::installer(&self.engine, self.id, index, term, loaded, &self.state);
+        let job = import::installer(
+            &self.engine,
+            self.id,
+            (index, term),
+            marker,
+            loaded,
+            &self.state,
+        );
         Ok((job, output))
     }
 
@@ -275,8 +298,9 @@ impl Table {
     }
 
     /// Proposes a load marker (see [`crate::import`]): every replica swaps in the state
-    /// at exactly `marker.leader_index`. Returns once this replica has; the output's
-    /// revision is the leader index it holds then.
+    /// at exactly `marker.leader_index` (or, for a restore, the holder's upload). Returns
+    /// once this replica has; the output's revision is the leader index it holds then
+    /// (for a restore: the marker's raft index, every restored key's revision).
     pub async fn propose_load(&self, marker: LoadMarker) -> Result<ApplyOutput> {
         self.propose_bytes(import::encode_marker(marker)).await
     }

@@ -58,6 +58,7 @@ impl SnapshotSource for Downloads {
             (Wanted::Exactly(want), _) => Err(Error::LoadUnavailable { leader_index: want }),
             (Wanted::AtLeast(want), Some(have)) if have >= want => self.stage(table_id, have),
             (Wanted::AtLeast(want), _) => Err(Error::LoadUnavailable { leader_index: want }),
+            (Wanted::Upload { .. }, _) => Err(Error::LoadUnavailable { leader_index: 0 }),
         };
         Box::pin(async move { result })
     }
@@ -168,10 +169,7 @@ async fn only_the_holder_loads_and_every_replica_ends_at_the_markers_state() {
     for s in &sources[1..] {
         s.held.lock().insert(tables[0].id(), 105);
     }
-    let marker = LoadMarker {
-        leader_index: 100,
-        holder: 1,
-    };
+    let marker = LoadMarker::leader_snapshot(100, 1);
     let loaded = eventually(DEADLINE, async || {
         tables[0].propose_load(marker).await.is_ok()
     })

@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 
 use super::metrics::ReplicationMetrics;
 use crate::error::{Error, Result};
-use crate::format::RecordReader;
+use crate::format::{ChannelReader, RecordReader};
 
 /// Largest message accepted from the leader cluster.
 pub const MAX_LEADER_MESSAGE_BYTES: usize = 64 << 20;
@@ -157,6 +157,10 @@ impl SnapshotSource for LeaderSnapshots {
                         leader_index,
                     })
                 }
+                // Restores happen on leader clusters only.
+                Wanted::Upload { .. } => {
+                    Err(flotilla_tables::Error::LoadUnavailable { leader_index: 0 })
+                }
                 Wanted::AtLeast(wanted) => {
                     let loaded = this.download(&name, table_id, None).await?;
                     if loaded.leader_index < wanted {
@@ -244,11 +248,7 @@ async fn download(
 /// Reads the compressed stream from `rx` and writes the SST; the trailing DUMMY gives
 /// the leader index, and its absence means the stream was cut short.
 fn build_sst(rx: mpsc::Receiver<Vec<u8>>, path: PathBuf, table_id: u64) -> Result<LoadedSnapshot> {
-    let mut reader = RecordReader::new(ChannelReader {
-        rx,
-        buf: Vec::new(),
-        pos: 0,
-    });
+    let mut reader = RecordReader::new(ChannelReader::new(rx));
     let mut writer = TableSstWriter::create(&path, table_id)?;
     let mut leader_index = None;
     while let Some(cmd) = reader.next_command()? {
@@ -295,31 +295,6 @@ fn build_sst(rx: mpsc::Receiver<Vec<u8>>, path: PathBuf, table_id: u64) -> Resul
         staged: writer.finish()?,
         leader_index,
     })
-}
-
-/// `Read` over chunks arriving on a channel (used on a blocking thread).
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => {
-                    self.buf = chunk;
-                    self.pos = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 /// Property tests of [`build_sst`] over framed record sequences: valid snapshots, and

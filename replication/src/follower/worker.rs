@@ -236,10 +236,7 @@ async fn recover(shared: &Shared, table: &Table) -> Result<u64> {
         .source
         .prefetch(name, table.id(), table.source_id())
         .await?;
-    let marker = LoadMarker {
-        leader_index,
-        holder: shared.node_id,
-    };
+    let marker = LoadMarker::leader_snapshot(leader_index, shared.node_id);
     let out = table.propose_load(marker).await?;
     tracing::info!(
         table = name,

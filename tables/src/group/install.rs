@@ -213,9 +213,9 @@ impl<M: StateMachine> RaftGroup<M> {
                     keys = loaded.staged.keys,
                     "snapshot fetched; swapping it in"
                 );
-                let (job, output) = self
-                    .machine
-                    .load_installer(entry.index, entry.term, loaded)?;
+                let (job, output) =
+                    self.machine
+                        .load_installer(entry.index, entry.term, &paused.marker, loaded)?;
                 self.installing = Some(Installing::Load { output });
                 self.spawn_install(job);
             }
@@ -242,7 +242,7 @@ impl<M: StateMachine> RaftGroup<M> {
         let plan = paused
             .entries
             .front()
-            .and_then(|entry| self.machine.external_load(&entry.data, exact));
+            .and_then(|entry| self.machine.external_load(entry.index, &entry.data, exact));
         match plan.and_then(|p| p.fetch) {
             Some(fetch) => {
                 if !exact {

@@ -37,7 +37,7 @@ pub use crate::group_status::GroupStatus;
 pub use handle::GroupHandle;
 
 use crate::error::{Error, NotProposed, Result};
-use crate::import::{LoadPlan, LoadedSnapshot};
+use crate::import::{LoadMarker, LoadPlan, LoadedSnapshot};
 use crate::log_writer::LogWriter;
 use crate::metrics::GroupMetrics;
 use crate::outbox::Outbox;
@@ -67,18 +67,20 @@ pub trait StateMachine: Send + 'static {
     -> Result<InstallJob>;
     /// Reads the state back from storage after an install job replaced it.
     fn reload(&mut self) -> Result<()>;
-    /// If the entry `data` loads state from outside the log (see [`crate::import`]), how
-    /// this replica goes about it; `exact` false asks for the last resort (any snapshot
-    /// at least as new). The group stops applying until the state is there.
-    fn external_load(&self, _data: &[u8], _exact: bool) -> Option<LoadPlan> {
+    /// If the entry `data` at `index` loads state from outside the log (see
+    /// [`crate::import`]), how this replica goes about it; `exact` false asks for the last
+    /// resort (any snapshot at least as new). The group stops applying until the state
+    /// is there.
+    fn external_load(&self, _index: u64, _data: &[u8], _exact: bool) -> Option<LoadPlan> {
         None
     }
-    /// The blocking job that swaps in what a load fetched, recording the entry at
-    /// `index` as applied, and what its proposer is told.
+    /// The blocking job that swaps in what a load fetched for `marker`, recording the
+    /// entry at `index` as applied, and what its proposer is told.
     fn load_installer(
         &self,
         index: u64,
         _term: u64,
+        _marker: &LoadMarker,
         _loaded: LoadedSnapshot,
     ) -> Result<(InstallJob, Self::Output)> {
         Err(Error::corrupt(
@@ -539,7 +541,9 @@ impl<M: StateMachine> RaftGroup<M> {
     }
 
     fn on_leader_change(&mut self, leader: u64) {
-        self.proposals.leader_changed(leader);
+        let held = self.paused.iter().flat_map(|p| p.entries.iter());
+        self.proposals
+            .leader_changed(leader, held.map(|e| e.get_context()));
         if leader != 0 {
             let waiting = std::mem::take(&mut self.waiting);
             for req in waiting {

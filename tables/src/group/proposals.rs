@@ -130,12 +130,23 @@ impl<O> Proposals<O> {
 
     /// Leadership moved to `leader`: a proposal forwarded to a leader that no longer
     /// leads may have been lost with it (raft drops forwarded proposals silently) or may
-    /// still commit; saying so now beats letting the caller wait out its deadline.
-    pub(super) fn leader_changed(&mut self, leader: u64) {
+    /// still commit; saying so now beats letting the caller wait out its deadline. The
+    /// entries in `committed` (committed here, not yet applied: e.g. held back behind a
+    /// load marker) are not in doubt; their proposers wait for the apply.
+    pub(super) fn leader_changed<'a>(
+        &mut self,
+        leader: u64,
+        committed: impl Iterator<Item = &'a [u8]>,
+    ) {
+        let certain: std::collections::HashSet<u64> = committed
+            .filter_map(ProposalId::decode)
+            .filter(|id| id.node == self.node && id.incarnation == *INCARNATION)
+            .map(|id| id.seq)
+            .collect();
         let lost: Vec<u64> = self
             .waiting
             .iter()
-            .filter(|(_, (via, _))| *via != 0 && *via != leader)
+            .filter(|(seq, (via, _))| *via != 0 && *via != leader && !certain.contains(seq))
             .map(|(seq, _)| *seq)
             .collect();
         for seq in lost {
@@ -239,10 +250,23 @@ mod tests {
         assert_eq!(answer(&mut rx[0]), "ok 7");
         p.applied(11, b"someone else's", 0);
         assert!(answer(&mut rx[1]).contains("not applied"));
-        p.leader_changed(3);
+        p.leader_changed(3, std::iter::empty());
         assert!(answer(&mut rx[2]).starts_with("outcome unknown"));
         p.snapshot_installed(13, 2);
         assert!(answer(&mut rx[3]).contains("committed at revision 12"));
         assert!(answer(&mut rx[4]).starts_with("outcome unknown"));
+    }
+
+    #[test]
+    fn a_forwarded_proposal_known_committed_outlives_a_leader_change() {
+        let mut p = Proposals::<u8>::new(1);
+        let (tx, mut rx) = oneshot::channel();
+        let id = p.next_id();
+        p.add(id, 2, None, tx);
+        let context = id.encode();
+        p.leader_changed(1, std::iter::once(context.as_slice()));
+        assert!(rx.try_recv().is_err(), "still waiting for its apply");
+        p.applied(20, &context, 5);
+        assert_eq!(answer(&mut rx), "ok 5");
     }
 }

@@ -141,7 +141,7 @@ impl<M: StateMachine> RaftGroup<M> {
                 // entry only advances the applied index.
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => &[],
             };
-            if let Some(plan) = self.machine.external_load(data, true) {
+            if let Some(plan) = self.machine.external_load(entry.index, data, true) {
                 entries.push_front(entry);
                 self.pause(entries, plan);
                 break;
