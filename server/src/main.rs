@@ -1,5 +1,7 @@
 //! The `flotilla` binary.
 
+mod cli;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -23,6 +25,8 @@ fn cli() -> Command {
             "follower",
             "Run a node of a follower cluster (replicates the leader cluster at --replication.leader-address, forwards writes to it)",
         ))
+        .subcommand(cli::backup::command())
+        .subcommand(cli::restore::command())
 }
 
 fn node_command(name: &'static str, about: &'static str) -> Command {
@@ -67,13 +71,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cli() -> anyhow::Result<()> {
-    check_environment(std::env::vars())?;
     let matches = cli().get_matches();
     let (role, args) = match matches.subcommand() {
         Some(("leader", args)) => (Role::Leader, args),
         Some(("follower", args)) => (Role::Follower, args),
+        Some((client @ ("backup" | "restore"), args)) => return run_client(client, args),
         _ => anyhow::bail!("unknown subcommand"),
     };
+    // A node refuses FLOTILLA_* variables it does not know (a typo would otherwise be
+    // ignored); client subcommands read their own.
+    check_environment(std::env::vars())?;
     let mut overrides = BTreeMap::new();
     for (key, _) in KEYS {
         if let Some(v) = args.get_one::<String>(key) {
@@ -94,6 +101,26 @@ fn run_cli() -> anyhow::Result<()> {
         .thread_name("api")
         .build()?;
     runtime.block_on(run(settings, role))
+}
+
+/// Runs a client subcommand on a small runtime of its own.
+fn run_client(name: &str, args: &clap::ArgMatches) -> anyhow::Result<()> {
+    tracing_subscriber_for_clients();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?;
+    runtime.block_on(async {
+        match name {
+            "backup" => cli::backup::run(args).await,
+            _ => cli::restore::run(args).await,
+        }
+    })
+}
+
+/// Client subcommands log warnings only (their progress is their own output).
+fn tracing_subscriber_for_clients() {
+    let _ = flotilla_ops::telemetry::init_tracing("warn", false);
 }
 
 async fn run(settings: Settings, role: Role) -> anyhow::Result<()> {
