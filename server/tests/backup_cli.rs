@@ -13,7 +13,6 @@ use std::process::Output;
 use common::TestServer;
 use flotilla_proto::mvcc::v1::command::CommandType;
 use flotilla_proto::mvcc::v1::{Command, KeyValue};
-use flotilla_proto::regatta::v1::RangeRequest;
 use flotilla_replication::format::RecordWriter;
 use md5::{Digest as _, Md5};
 
@@ -40,26 +39,15 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Every (key, value) of `table`.
+/// Every (key, value) of `table` (none if it is missing).
 async fn pairs(server: &TestServer, table: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    match server
-        .kv()
-        .range(RangeRequest {
-            table: table.into(),
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
+    server
+        .all(table)
         .await
-    {
-        Ok(r) => r
-            .into_inner()
-            .kvs
-            .into_iter()
-            .map(|kv| (kv.key, kv.value))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+        .unwrap_or_default()
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect()
 }
 
 async fn fill(server: &TestServer, table: &str, n: usize, value: &str) {

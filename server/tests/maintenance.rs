@@ -30,18 +30,7 @@ fn maintenance(server: &TestServer) -> MaintenanceClient<Channel> {
 
 /// Every key of `table` with value and revisions.
 async fn dump(server: &TestServer, table: &str) -> Vec<KeyValue> {
-    server
-        .kv()
-        .range(RangeRequest {
-            table: table.into(),
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
-        .await
-        .expect("range")
-        .into_inner()
-        .kvs
+    server.all(table).await.expect("range")
 }
 
 fn pairs(kvs: &[KeyValue]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -356,16 +345,7 @@ async fn follower_of(leader: &TestServer) -> TestServer {
 async fn converges(leader: &TestServer, follower: &TestServer, table: &str) -> bool {
     let want = dump(leader, table).await;
     eventually(WAIT, async || {
-        follower
-            .kv()
-            .range(RangeRequest {
-                table: table.into(),
-                key: vec![0],
-                range_end: vec![0],
-                ..Default::default()
-            })
-            .await
-            .is_ok_and(|r| r.into_inner().kvs == want)
+        follower.all(table).await.is_ok_and(|kvs| kvs == want)
     })
     .await
 }
@@ -381,16 +361,7 @@ async fn a_follower_cluster_follows_a_restore_by_itself() {
     assert!(
         converges(&leader, &follower, "t").await,
         "follower caught up: {:?}",
-        follower
-            .kv()
-            .range(RangeRequest {
-                table: b"t".to_vec(),
-                key: vec![0],
-                range_end: vec![0],
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().kvs.len())
+        follower.all("t").await.map(|kvs| kvs.len())
     );
 
     let chunks = backup(&leader, "src").await;

@@ -7,22 +7,23 @@
 //! from their group, and a batch that continues from beyond a replica's leader index is
 //! refused on every replica alike.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use common::IDS;
 use flotilla_proto::mvcc::v1::{Command, KeyValue, command::CommandType};
-use flotilla_tables::group::GroupConfig;
 use flotilla_tables::import::{Fetch, LoadMarker, LoadedSnapshot, SnapshotSource, Wanted};
 use flotilla_tables::replace::TableSstWriter;
 use flotilla_tables::values::StoredValue;
-use flotilla_tables::{Error, Node, NodeConfig, Table};
+use flotilla_tables::{Error, Node, Table};
 use flotilla_testkit::eventually;
 use flotilla_testkit::memory_network::MemoryNetwork;
 use parking_lot::Mutex;
 
-const IDS: [u64; 3] = [1, 2, 3];
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The leader cluster's table as of leader index `index`: keys `k0..k{index}`.
@@ -81,19 +82,7 @@ impl Downloads {
 }
 
 fn open(net: &Arc<MemoryNetwork>, id: u64, dir: &std::path::Path, source: Arc<Downloads>) -> Node {
-    let config = NodeConfig {
-        data_dir: dir.to_path_buf(),
-        voters: IDS.to_vec(),
-        group: GroupConfig {
-            node_id: id,
-            tick: Duration::from_millis(10),
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            ..GroupConfig::default()
-        },
-        raft_threads: 1,
-        snapshot_source: Some(source),
-    };
+    let config = common::config(id, dir, Some(source));
     Node::open(config, net.transport(id), &prometheus::Registry::new()).expect("open node")
 }
 

@@ -5,23 +5,24 @@
 //! marker's raft index as its revision, and the log before the restore is no longer
 //! offered to follower clusters.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use common::IDS;
 use flotilla_proto::mvcc::v1::{Command, KeyValue, command::CommandType};
 use flotilla_tables::export::LogRead;
-use flotilla_tables::group::GroupConfig;
 use flotilla_tables::import::{Fetch, LoadMarker, LoadedSnapshot, SnapshotSource, Wanted};
 use flotilla_tables::range::{RangeQuery, ResponseBudget};
 use flotilla_tables::replace::TableSstWriter;
 use flotilla_tables::values::StoredValue;
-use flotilla_tables::{Error, Node, NodeConfig, Table};
+use flotilla_tables::{Error, Node, Table};
 use flotilla_testkit::eventually;
 use flotilla_testkit::memory_network::MemoryNetwork;
 
-const IDS: [u64; 3] = [1, 2, 3];
 const DEADLINE: Duration = Duration::from_secs(30);
 /// Keys in the uploaded backup.
 const RESTORED_KEYS: u64 = 50;
@@ -68,19 +69,7 @@ impl Uploads {
 }
 
 fn open(net: &Arc<MemoryNetwork>, id: u64, dir: &std::path::Path, source: Arc<Uploads>) -> Node {
-    let config = NodeConfig {
-        data_dir: dir.to_path_buf(),
-        voters: IDS.to_vec(),
-        group: GroupConfig {
-            node_id: id,
-            tick: Duration::from_millis(10),
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            ..GroupConfig::default()
-        },
-        raft_threads: 1,
-        snapshot_source: Some(source),
-    };
+    let config = common::config(id, dir, Some(source));
     Node::open(config, net.transport(id), &prometheus::Registry::new()).expect("open node")
 }
 

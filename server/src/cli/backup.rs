@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Arg, ArgAction, ArgMatches, Command, value_parser};
+use clap::{Arg, ArgMatches, Command};
 use flotilla_proto::maintenance::v1::BackupRequest;
 use flotilla_proto::maintenance::v1::maintenance_client::MaintenanceClient;
 use flotilla_proto::regatta::v1::StatusRequest;
@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::connect::{self, Authed};
 use super::manifest::{self, FileSums, MANIFEST, Manifest, ManifestTable};
 use super::progress::{Progress, TableProgress};
-use super::rate::{RateLimit, parse_rate};
+use super::rate::RateLimit;
 
 /// Largest message accepted from the node (chunks are at most 1 MiB).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -36,41 +36,13 @@ pub fn command() -> Command {
                 .help("Directory to write into (created if missing)"),
         )
         .arg(
-            Arg::new("tables")
-                .long("tables")
-                .value_name("A,B")
-                .value_delimiter(',')
-                .help("Tables to back up [default: all]"),
-        )
-        .arg(
-            Arg::new("json")
-                .long("json")
-                .action(ArgAction::SetTrue)
-                .help("One JSON object per table on stdout, for scripts"),
-        )
-        .arg(
             Arg::new("compression")
                 .long("compression")
                 .value_parser(["none", "zstd"])
                 .default_value("none")
                 .help("zstd over the backup bytes (smaller; Armada's restore cannot read it)"),
-        )
-        .arg(
-            Arg::new("rate-limit")
-                .long("rate-limit")
-                .value_name("BYTES/s")
-                .value_parser(parse_rate)
-                .help("Most bytes per second over all tables, e.g. 50MB"),
-        )
-        .arg(
-            Arg::new("parallel")
-                .long("parallel")
-                .value_name("N")
-                .value_parser(value_parser!(u16).range(1..=64))
-                .default_value("1")
-                .help("Tables backed up at once"),
         );
-    connect::args(cmd)
+    super::transfer_args(connect::args(cmd), "back up")
 }
 
 /// Shared by the tables of one run.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Arg, ArgAction, ArgMatches, Command, value_parser};
+use clap::{Arg, ArgMatches, Command};
 use flotilla_proto::maintenance::v1::maintenance_client::MaintenanceClient;
 use flotilla_proto::maintenance::v1::{RestoreInfo, RestoreMessage, restore_message};
 use flotilla_proto::replication::v1::SnapshotChunk;
@@ -19,7 +19,7 @@ use super::backup::one_line;
 use super::connect::{self, Authed};
 use super::manifest::{self, Manifest, ManifestTable};
 use super::progress::Progress;
-use super::rate::{RateLimit, parse_rate};
+use super::rate::RateLimit;
 
 /// Bytes per Restore message (what `armada restore` sends).
 const CHUNK_BYTES: usize = 2 << 20;
@@ -34,36 +34,8 @@ pub fn command() -> Command {
                 .value_name("DIR")
                 .required(true)
                 .help("The backup directory (holding manifest.json)"),
-        )
-        .arg(
-            Arg::new("tables")
-                .long("tables")
-                .value_name("A,B")
-                .value_delimiter(',')
-                .help("Tables to restore [default: all in the manifest]"),
-        )
-        .arg(
-            Arg::new("json")
-                .long("json")
-                .action(ArgAction::SetTrue)
-                .help("One JSON object per table on stdout, for scripts"),
-        )
-        .arg(
-            Arg::new("rate-limit")
-                .long("rate-limit")
-                .value_name("BYTES/s")
-                .value_parser(parse_rate)
-                .help("Most bytes per second over all tables, e.g. 50MB"),
-        )
-        .arg(
-            Arg::new("parallel")
-                .long("parallel")
-                .value_name("N")
-                .value_parser(value_parser!(u16).range(1..=64))
-                .default_value("1")
-                .help("Tables restored at once"),
         );
-    connect::args(cmd)
+    super::transfer_args(connect::args(cmd), "restore")
 }
 
 /// Runs `flotilla restore`.

@@ -131,6 +131,24 @@ impl TestServer {
             .into_inner()
     }
 
+    /// Every key of `table` (values and revisions), or the error of the Range.
+    pub async fn all(
+        &self,
+        table: &str,
+    ) -> Result<Vec<flotilla_proto::mvcc::v1::KeyValue>, tonic::Status> {
+        Ok(self
+            .kv()
+            .range(RangeRequest {
+                table: table.into(),
+                key: vec![0],
+                range_end: vec![0],
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .kvs)
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;

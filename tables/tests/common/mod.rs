@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_proto::mvcc::v1::{Command, KeyValue, command::CommandType};
 use flotilla_tables::group::GroupConfig;
+use flotilla_tables::import::SnapshotSource;
 use flotilla_tables::range::RangeQuery;
 use flotilla_tables::{Node, NodeConfig, Table};
 use flotilla_testkit::memory_network::MemoryNetwork;
@@ -130,15 +131,14 @@ impl Cluster {
     }
 }
 
-/// Node `id` with a fast clock (10 ms ticks, election after 10-20 ticks).
-pub fn open(
-    net: &Arc<MemoryNetwork>,
+/// Node `id`'s configuration with a fast clock (10 ms ticks, election after 10-20
+/// ticks), loading snapshots from outside the log through `source`.
+pub fn config(
     id: u64,
     dir: &std::path::Path,
-    retention: u64,
-    registry: &prometheus::Registry,
-) -> Node {
-    let config = NodeConfig {
+    source: Option<Arc<dyn SnapshotSource>>,
+) -> NodeConfig {
+    NodeConfig {
         data_dir: dir.to_path_buf(),
         voters: IDS.to_vec(),
         group: GroupConfig {
@@ -146,12 +146,23 @@ pub fn open(
             tick: Duration::from_millis(10),
             election_ticks: 10,
             heartbeat_ticks: 2,
-            log_retention_entries: retention,
             ..GroupConfig::default()
         },
         raft_threads: 1,
-        snapshot_source: None,
-    };
+        snapshot_source: source,
+    }
+}
+
+/// Node `id` (see [`config`]) keeping `retention` log entries.
+pub fn open(
+    net: &Arc<MemoryNetwork>,
+    id: u64,
+    dir: &std::path::Path,
+    retention: u64,
+    registry: &prometheus::Registry,
+) -> Node {
+    let mut config = config(id, dir, None);
+    config.group.log_retention_entries = retention;
     Node::open(config, net.transport(id), registry).expect("open node")
 }
 
