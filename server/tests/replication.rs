@@ -16,8 +16,7 @@ use flotilla_proto::maintenance::v1::maintenance_client::MaintenanceClient;
 use flotilla_proto::mvcc::v1::command::CommandType;
 use flotilla_proto::mvcc::v1::{Compare, KeyValue, RequestOp, compare, request_op};
 use flotilla_proto::regatta::v1::{
-    CreateTableRequest, DeleteRangeRequest, DeleteTableRequest, ListTablesRequest, RangeRequest,
-    TxnRequest,
+    CreateTableRequest, DeleteRangeRequest, DeleteTableRequest, ListTablesRequest, TxnRequest,
 };
 use flotilla_proto::replication::v1::log_client::LogClient;
 use flotilla_proto::replication::v1::snapshot_client::SnapshotClient;
@@ -56,17 +55,7 @@ async fn follower_of(leader: &TestServer) -> TestServer {
 
 /// Every key of `table` with value and revisions, read from `server`.
 async fn dump(server: &TestServer, table: &str) -> Option<Vec<KeyValue>> {
-    let resp = server
-        .kv()
-        .range(RangeRequest {
-            table: table.into(),
-            key: vec![0],
-            range_end: vec![0],
-            ..Default::default()
-        })
-        .await
-        .ok()?;
-    Some(resp.into_inner().kvs)
+    server.all(table).await.ok()
 }
 
 /// Waits until the follower's copy of `table` equals the leader's, key by key.
