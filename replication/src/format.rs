@@ -120,6 +120,19 @@ impl<R: Read> RecordReader<R> {
     }
 }
 
+/// Writing to a [`ChannelReader`]'s sink failed: the reader's error is this one, so the
+/// sink's failure (say, a full disk) is not taken for bad stream bytes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct SinkFailed(pub(crate) std::io::Error);
+
+impl SinkFailed {
+    /// Whether `e` is a sink's failure.
+    pub(crate) fn is(e: &std::io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<SinkFailed>())
+    }
+}
+
 /// `Read` over chunks arriving on a channel, for a blocking thread decoding a stream as
 /// it arrives; with a sink, every chunk is also written there as it is taken.
 pub(crate) struct ChannelReader {
@@ -166,7 +179,8 @@ impl Read for ChannelReader {
             match self.rx.blocking_recv() {
                 Some(chunk) => {
                     if let Some(sink) = &mut self.sink {
-                        sink.write_all(&chunk)?;
+                        sink.write_all(&chunk)
+                            .map_err(|e| std::io::Error::new(e.kind(), SinkFailed(e)))?;
                     }
                     self.buf = chunk;
                     self.pos = 0;
@@ -184,6 +198,29 @@ impl Read for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct FullDisk;
+
+    impl Write for FullDisk {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_is_told_apart_from_bad_bytes() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.try_send(vec![1, 2, 3]).expect("send");
+        drop(tx);
+        let mut reader = ChannelReader::teeing(rx, Box::new(FullDisk));
+        let e = reader.read(&mut [0u8; 8]).expect_err("the sink fails");
+        assert!(SinkFailed::is(&e), "{e}");
+        assert!(!SinkFailed::is(&std::io::Error::other("bad bytes")));
+    }
     use flotilla_proto::mvcc::v1::{KeyValue, command::CommandType};
 
     fn put(i: usize) -> Command {

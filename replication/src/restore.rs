@@ -25,7 +25,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::format::{ChannelReader, RecordReader};
+use crate::format::{ChannelReader, RecordReader, SinkFailed};
 
 /// Chunks queued between the network and the checking thread.
 const CHUNK_QUEUE: usize = 8;
@@ -179,7 +179,14 @@ fn receive_blocking(rx: mpsc::Receiver<Vec<u8>>, partial: &Path) -> Result<u64> 
     let file = File::create(partial).map_err(Error::io("creating", partial))?;
     let reader = ChannelReader::teeing(rx, Box::new(BufWriter::new(file)));
     let mut records = RecordReader::new(reader);
-    let keys = check_backup(&mut records)?;
+    let keys = check_backup(&mut records).map_err(|e| match e {
+        Error::SnapshotBytes(io) if SinkFailed::is(&io) => Error::Io {
+            what: "writing",
+            path: partial.to_owned(),
+            source: io,
+        },
+        other => other,
+    })?;
     let sink = records
         .into_inner()
         .into_sink()

@@ -322,3 +322,80 @@ async fn a_backup_directory_in_armadas_format_restores() {
     assert_eq!(got[7], (b"key-0007".to_vec(), b"value-7".to_vec()));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_port_dials_tls_and_the_maintenance_token_is_sent() {
+    use common::tls::{Pki, path, tls_channel};
+    use flotilla_proto::regatta::v1::kv_client::KvClient;
+    use flotilla_proto::regatta::v1::tables_client::TablesClient;
+    use flotilla_proto::regatta::v1::{CreateTableRequest, PutRequest};
+
+    let pki = Pki::new();
+    let ca = pki.ca_file();
+    let (cert, key) = pki.leaf("server", "server", &["127.0.0.1"]);
+    let (app_cert, app_key) = pki.leaf("app", "app", &["app.example"]);
+    let data = tempfile::tempdir().expect("dir");
+    let mut s = common::settings(data.path());
+    s.api.address = "https://127.0.0.1:0".into();
+    s.api.cert_filename = path(&cert);
+    s.api.key_filename = path(&key);
+    s.api.client_cert_auth = true;
+    s.api.ca_filename = path(&ca);
+    s.maintenance.token = flotilla_ops::settings::Secret::new("maint-t0ken");
+    let running = flotilla_server::start(s, flotilla_server::Role::Leader)
+        .await
+        .expect("start");
+    let addr = common::tls::api(&running);
+    let channel = tls_channel(addr, &ca, Some((&app_cert, &app_key)));
+    TablesClient::new(channel.clone())
+        .create(CreateTableRequest {
+            name: "t".into(),
+            config: None,
+        })
+        .await
+        .expect("create");
+    for i in 0..20 {
+        KvClient::new(channel.clone())
+            .put(PutRequest {
+                table: b"t".to_vec(),
+                key: format!("k{i:02}").into_bytes(),
+                value: b"v".to_vec(),
+                prev_kv: false,
+            })
+            .await
+            .expect("put");
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("utf-8");
+    let address = addr.to_string(); // Armada's form: host:port, dialled over TLS
+    let (ca, app_cert, app_key) = (path(&ca), path(&app_cert), path(&app_key));
+    let tls = [
+        "--ca",
+        ca.as_str(),
+        "--cert",
+        app_cert.as_str(),
+        "--key",
+        app_key.as_str(),
+    ];
+    let run = |verb: &str, token: Option<&str>| {
+        let mut args = vec![verb, "--address", address.as_str(), "--dir", d];
+        args.extend(tls);
+        if let Some(t) = token {
+            args.extend(["--token", t]);
+        }
+        flotilla(&args)
+    };
+    let out = run("backup", None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Unauthenticated"), "{}", stderr(&out));
+    let out = run("backup", Some("maint-t0ken"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(manifest(dir.path())["tables"][0]["keys"] == 20);
+    let out = run("restore", Some("maint-t0ken"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Plaintext to a TLS port fails with one line, not a hang.
+    let out = flotilla(&["backup", "--address", &format!("http://{addr}"), "--dir", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    running.shutdown().await;
+}
