@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use clap::{Arg, ArgMatches, Command};
 use flotilla_proto::maintenance::v1::BackupRequest;
 use flotilla_proto::maintenance::v1::maintenance_client::MaintenanceClient;
@@ -155,11 +156,20 @@ async fn backup_table(run: &Run, name: String) -> anyhow::Result<ManifestTable> 
         .with_context(|| format!("backing up {name}"))?
         .into_inner();
     let bar = run.progress.table(&name, None);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+    // Each chunk goes to the file writer (checksums) and to a decoder (counts and
+    // crc64xor; the backup decodes) side by side.
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let (decode_tx, decode_rx) = mpsc::channel::<Bytes>(4);
     let writer = {
         let (path, compression) = (path.clone(), run.compression);
         tokio::task::spawn_blocking(move || write_file(rx, &path, compression))
     };
+    let decoder = tokio::task::spawn_blocking(move || {
+        manifest::contents_of(ChunkReader {
+            rx: decode_rx,
+            chunk: Bytes::new(),
+        })
+    });
     let mut leader_index = None;
     let streamed: anyhow::Result<()> = async {
         while let Some(chunk) = stream.message().await.map_err(one_line)? {
@@ -168,28 +178,25 @@ async fn backup_table(run: &Run, name: String) -> anyhow::Result<ManifestTable> 
             if let Some(limit) = &run.limit {
                 limit.take(n).await;
             }
-            if tx.send(chunk.data).await.is_err() {
-                break; // the writer failed; its error says why
+            let data = Bytes::from(chunk.data);
+            if tx.send(data.clone()).await.is_err() || decode_tx.send(data).await.is_err() {
+                break; // the writer or the decoder failed; its error says why
             }
             bar.inc(n);
         }
         Ok(())
     }
     .await;
-    drop(tx);
+    drop((tx, decode_tx));
     let written = writer.await.context("the file writer failed")?;
-    let (md5, sha256, size) = match (streamed, written) {
-        (Ok(()), Ok(sums)) => sums,
-        (Err(e), _) | (Ok(()), Err(e)) => {
+    let decoded = decoder.await.context("the decoder failed")?;
+    let ((md5, sha256, size), contents) = match (streamed, written, decoded) {
+        (Ok(()), Ok(sums), Ok(contents)) => (sums, contents),
+        (Err(e), _, _) | (Ok(()), Err(e), _) | (Ok(()), Ok(_), Err(e)) => {
             let _ = std::fs::remove_file(&path);
             return Err(e.context(format!("backing up {name}")));
         }
     };
-    // Read back: the file decodes, and its pairs give the counts and crc64xor.
-    let check = path.clone();
-    let compression = run.compression;
-    let contents =
-        tokio::task::spawn_blocking(move || manifest::contents(&check, compression)).await??;
     let entry = ManifestTable {
         name: name.clone(),
         file_name,
@@ -223,10 +230,30 @@ fn finish(bar: TableProgress, entry: &ManifestTable) {
     bar.finish(&line, record);
 }
 
+/// `Read` over the chunks arriving on a channel (for a blocking thread).
+struct ChunkReader {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len());
+        out[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
 /// Writes the chunks from `rx` to `path` (through zstd if asked), synced; returns the
 /// file's md5, sha256 and size.
 fn write_file(
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Bytes>,
     path: &Path,
     compression: Option<&str>,
 ) -> anyhow::Result<(String, String, u64)> {

@@ -151,6 +151,19 @@ impl FileSums {
     }
 }
 
+/// The (md5, sha256, size) of what `file` holds from where it stands.
+fn file_sums(file: &mut std::fs::File) -> std::io::Result<(String, String, u64)> {
+    let mut sums = FileSums::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(sums.finish());
+        }
+        sums.update(&buf[..n]);
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -177,6 +190,12 @@ pub fn contents(file: &Path, compression: Option<&str>) -> anyhow::Result<Conten
         Some("zstd") => Box::new(zstd::Decoder::new(f)?),
         Some(other) => anyhow::bail!("unknown compression {other:?}"),
     };
+    contents_of(reader)
+}
+
+/// Decodes every record of Armada's backup bytes read from `reader` and sums what they
+/// hold (see [`contents`]).
+pub fn contents_of(reader: impl Read) -> anyhow::Result<Contents> {
     let mut records = RecordReader::new(reader);
     let mut out = Contents::default();
     let mut n = 0u64;
@@ -216,18 +235,16 @@ pub fn verify(dir: &Path, table: &ManifestTable) -> anyhow::Result<PathBuf> {
     }
     let mut file =
         std::fs::File::open(&path).with_context(|| format!("{name}: missing from the backup"))?;
-    let mut sums = FileSums::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("{name}: reading"))?;
-        if n == 0 {
-            break;
-        }
-        sums.update(&buf[..n]);
-    }
-    let (md5, sha256, size) = sums.finish();
+    // The checksums and the record walk read the file side by side, on two threads.
+    let (sums, got) = std::thread::scope(|scope| {
+        let walk = scope.spawn(|| contents(&path, table.compression.as_deref()));
+        let sums = file_sums(&mut file);
+        let got = walk
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the record walk panicked")));
+        (sums, got)
+    });
+    let (md5, sha256, size) = sums.with_context(|| format!("{name}: reading"))?;
     if let Some(want) = table.size
         && want != size
     {
@@ -244,7 +261,7 @@ pub fn verify(dir: &Path, table: &ManifestTable) -> anyhow::Result<PathBuf> {
     {
         anyhow::bail!("{name}: sha256 {sha256} does not match the manifest's {want}");
     }
-    let got = contents(&path, table.compression.as_deref()).with_context(|| name.clone())?;
+    let got = got.with_context(|| name.clone())?;
     for (what, want, have) in [
         ("keys", table.keys, got.keys),
         ("bytes", table.bytes, got.bytes),
