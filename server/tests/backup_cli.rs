@@ -210,7 +210,7 @@ async fn damaged_backups_are_refused_before_anything_changes() {
     let now = pairs(&server, "users").await;
 
     let damaged = [
-        ("bit-flip", "md5"),
+        ("bit-flip", "sha256"),
         ("truncated", "bytes"),
         ("missing", "missing"),
         ("no-manifest", "no backup here"),

@@ -151,16 +151,26 @@ impl FileSums {
     }
 }
 
-/// The (md5, sha256, size) of what `file` holds from where it stands.
-fn file_sums(file: &mut std::fs::File) -> std::io::Result<(String, String, u64)> {
-    let mut sums = FileSums::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(sums.finish());
+/// The hex digest of what `file` holds from where it stands (SHA-256 if `sha256`, else
+/// MD5), and its size.
+fn file_digest(file: &mut std::fs::File, sha256: bool) -> std::io::Result<(String, u64)> {
+    fn run<D: sha2::Digest>(file: &mut std::fs::File) -> std::io::Result<(String, u64)> {
+        let mut digest = D::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok((hex(&digest.finalize()), size));
+            }
+            digest.update(&buf[..n]);
+            size += n as u64;
         }
-        sums.update(&buf[..n]);
+    }
+    if sha256 {
+        run::<Sha256>(file)
+    } else {
+        run::<Md5>(file)
     }
 }
 
@@ -224,7 +234,7 @@ pub fn contents_of(reader: impl Read) -> anyhow::Result<Contents> {
     Ok(out)
 }
 
-/// Checks one table's file against its manifest entry: size, md5, sha256, then every
+/// Checks one table's file against its manifest entry: size, sha256 (md5 without one), then every
 /// record (keys, byte count, crc64xor) where the manifest has them. The error says which
 /// file and what is wrong.
 pub fn verify(dir: &Path, table: &ManifestTable) -> anyhow::Result<PathBuf> {
@@ -238,28 +248,25 @@ pub fn verify(dir: &Path, table: &ManifestTable) -> anyhow::Result<PathBuf> {
     // The checksums and the record walk read the file side by side, on two threads.
     let (sums, got) = std::thread::scope(|scope| {
         let walk = scope.spawn(|| contents(&path, table.compression.as_deref()));
-        let sums = file_sums(&mut file);
+        let sums = file_digest(&mut file, table.sha256.is_some());
         let got = walk
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the record walk panicked")));
         (sums, got)
     });
-    let (md5, sha256, size) = sums.with_context(|| format!("{name}: reading"))?;
+    let (digest, size) = sums.with_context(|| format!("{name}: reading"))?;
     if let Some(want) = table.size
         && want != size
     {
         anyhow::bail!("{name}: {size} bytes, the manifest says {want} (truncated or replaced)");
     }
-    if !md5.eq_ignore_ascii_case(&table.md5) {
-        anyhow::bail!(
-            "{name}: md5 {md5} does not match the manifest's {}",
-            table.md5
-        );
-    }
-    if let Some(want) = &table.sha256
-        && !sha256.eq_ignore_ascii_case(want)
-    {
-        anyhow::bail!("{name}: sha256 {sha256} does not match the manifest's {want}");
+    // SHA-256 where the manifest has it (ours), else Armada's MD5: one hash, not both.
+    let (what, want) = match &table.sha256 {
+        Some(sha256) => ("sha256", sha256),
+        None => ("md5", &table.md5),
+    };
+    if !digest.eq_ignore_ascii_case(want) {
+        anyhow::bail!("{name}: {what} {digest} does not match the manifest's {want}");
     }
     let got = got.with_context(|| name.clone())?;
     for (what, want, have) in [
