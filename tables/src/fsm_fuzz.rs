@@ -135,7 +135,7 @@ fn command() -> impl Strategy<Value = Command> {
     })
 }
 
-/// Entry bytes: garbage, a load marker, a replicated batch's framing around anything,
+/// Entry bytes: garbage, a load or restore marker, a replicated batch's framing around anything,
 /// or a command's encoding, possibly with bytes replaced or cut.
 fn entry() -> impl Strategy<Value = Vec<u8>> {
     let encoded = prop_oneof![
@@ -166,6 +166,9 @@ fn entry() -> impl Strategy<Value = Vec<u8>> {
                 leader_index,
                 holder,
             ))
+        }),
+        (any::<u64>(), any::<u64>()).prop_map(|(upload, holder)| {
+            crate::import::encode_marker(crate::import::LoadMarker::restore(upload, holder))
         }),
         bytes(24).prop_map(|tail| [&REPLICATED_PREFIX[..], &tail].concat()),
         encoded,
