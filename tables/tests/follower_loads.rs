@@ -138,19 +138,7 @@ async fn only_the_holder_loads_and_every_replica_ends_at_the_markers_state() {
     })
     .await;
     assert!(ok, "table created");
-    let mut tables = Vec::new();
-    for node in &nodes {
-        let mut found = None;
-        let ready = eventually(DEADLINE, async || {
-            found = node.table("t").ok();
-            found
-                .as_ref()
-                .is_some_and(|t| t.status().leader.load(Relaxed) != 0)
-        })
-        .await;
-        assert!(ready, "every node has t with a leader");
-        tables.push(found.expect("table"));
-    }
+    let tables = common::table_on_every_node(&nodes, "t").await;
 
     // Node 1 "downloaded" leader index 100; nodes 2 and 3 downloaded 105 (they are
     // ahead), which must never be loaded for a marker naming 100.

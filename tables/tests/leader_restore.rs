@@ -119,19 +119,7 @@ async fn the_holder_builds_the_restore_and_every_replica_takes_it_from_the_group
         .collect();
     let ok = eventually(DEADLINE, async || nodes[0].create_table("t").await.is_ok()).await;
     assert!(ok, "table created");
-    let mut tables = Vec::new();
-    for node in &nodes {
-        let mut found = None;
-        let ready = eventually(DEADLINE, async || {
-            found = node.table("t").ok();
-            found
-                .as_ref()
-                .is_some_and(|t| t.status().leader.load(Relaxed) != 0)
-        })
-        .await;
-        assert!(ready, "every node has t with a leader");
-        tables.push(found.expect("table"));
-    }
+    let tables = common::table_on_every_node(&nodes, "t").await;
     for key in ["a", "b", "c"] {
         let ok = eventually(DEADLINE, async || {
             for t in &tables {

@@ -153,6 +153,25 @@ pub fn config(
     }
 }
 
+/// Waits until every one of `nodes` has table `name` with a known raft leader; its
+/// handle on each node, in order.
+pub async fn table_on_every_node(nodes: &[Node], name: &str) -> Vec<Table> {
+    let mut tables = Vec::new();
+    for node in nodes {
+        let mut found = None;
+        let ready = flotilla_testkit::eventually(DEADLINE, async || {
+            found = node.table(name).ok();
+            found
+                .as_ref()
+                .is_some_and(|t| t.status().leader.load(Relaxed) != 0)
+        })
+        .await;
+        assert!(ready, "every node has {name} with a leader");
+        tables.extend(found);
+    }
+    tables
+}
+
 /// Node `id` (see [`config`]) keeping `retention` log entries.
 pub fn open(
     net: &Arc<MemoryNetwork>,
