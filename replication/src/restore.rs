@@ -76,6 +76,13 @@ impl Uploads {
                 .is_some_and(|e| e == "partial" || e == "sst")
             {
                 std::fs::remove_file(&path).map_err(Error::io("removing", &path))?;
+            } else if path.extension().is_some_and(|e| e == "upload") {
+                // A restore marker committed before the restart may still name it.
+                tracing::warn!(
+                    upload = %path.display(),
+                    "kept a restore upload from a previous run: a pending restore may \
+                     name it; once none is pending it can be removed"
+                );
             }
         }
         let now = SystemTime::now()
