@@ -7,7 +7,8 @@
 //!
 //! An upload is `<table id>-<number>.upload` in the staging directory, written as
 //! `.partial` and renamed once whole and synced, so a marker naming it finds it even
-//! after a restart. The server discards it once the restore has applied.
+//! after a restart. It is removed once its restore is installed, or when the restore
+//! was certainly not proposed.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -18,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flotilla_proto::mvcc::v1::Command;
 use flotilla_proto::mvcc::v1::command::CommandType;
-use flotilla_tables::import::{Fetch, LoadedSnapshot, SnapshotSource, Wanted};
+use flotilla_tables::import::{Fetch, LoadMarker, LoadedSnapshot, SnapshotSource, Wanted};
 use flotilla_tables::replace::TableSstWriter;
 use flotilla_tables::values::StoredValue;
 use futures::{Stream, StreamExt};
@@ -81,7 +82,7 @@ impl Uploads {
                 tracing::warn!(
                     upload = %path.display(),
                     "kept a restore upload from a previous run: a pending restore may \
-                     name it; once none is pending it can be removed"
+                     name it (it goes once that applies); if none does, remove it by hand"
                 );
             }
         }
@@ -298,6 +299,12 @@ fn build_restore(
 }
 
 impl SnapshotSource for Uploads {
+    fn installed(&self, table_id: u64, marker: &LoadMarker) {
+        if let Some(upload) = marker.upload {
+            self.discard(table_id, upload);
+        }
+    }
+
     fn fetch(&self, _name: &str, table_id: u64, wanted: Wanted) -> Fetch {
         let this = self.clone();
         Box::pin(async move {

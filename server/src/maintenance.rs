@@ -120,11 +120,9 @@ impl MaintenanceService {
             let out = table
                 .propose_load(LoadMarker::restore(upload.number, holder))
                 .await;
-            // An unknown outcome keeps the upload: the marker may still apply.
-            if !matches!(
-                out,
-                Err(TablesError::OutcomeUnknown(_) | TablesError::CommittedWithoutResult { .. })
-            ) {
+            // Once installed, the upload is removed by the install itself; an unknown
+            // outcome keeps it, since the marker may still apply.
+            if matches!(out, Err(TablesError::NotProposed(_))) {
                 uploads.discard(id, upload.number);
             }
             out.map_err(kv_status)

@@ -142,6 +142,10 @@ pub trait SnapshotSource: Send + Sync + 'static {
     /// Fetches table `name`'s data (local id `table_id`) as `wanted`, staged as an SST
     /// built with [`crate::replace::TableSstWriter`]. Errors are retried by the group.
     fn fetch(&self, name: &str, table_id: u64, wanted: Wanted) -> Fetch;
+
+    /// Table `table_id`'s replica here has installed (durably) the state `marker` asked
+    /// for: whatever was kept for it may go.
+    fn installed(&self, _table_id: u64, _marker: &LoadMarker) {}
 }
 
 impl std::fmt::Debug for dyn SnapshotSource {

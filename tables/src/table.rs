@@ -206,6 +206,12 @@ impl StateMachine for TableMachine {
         Ok((job, output))
     }
 
+    fn load_installed(&self, marker: &LoadMarker) {
+        if let Some(source) = &self.source {
+            source.installed(self.id, marker);
+        }
+    }
+
     fn take_repair_request(&mut self) -> bool {
         std::mem::take(&mut self.repair)
     }

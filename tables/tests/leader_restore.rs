@@ -34,6 +34,8 @@ struct Uploads {
     dir: tempfile::TempDir,
     holds: bool,
     fetches: AtomicU64,
+    /// Restores reported installed (the upload may go).
+    installed: AtomicU64,
 }
 
 impl SnapshotSource for Uploads {
@@ -46,6 +48,12 @@ impl SnapshotSource for Uploads {
             _ => Err(Error::LoadUnavailable { leader_index: 0 }),
         };
         Box::pin(async move { result })
+    }
+
+    fn installed(&self, _table_id: u64, marker: &LoadMarker) {
+        if marker.upload == Some(UPLOAD) {
+            self.installed.fetch_add(1, Relaxed);
+        }
     }
 }
 
@@ -108,6 +116,7 @@ async fn the_holder_builds_the_restore_and_every_replica_takes_it_from_the_group
                 dir: tempfile::tempdir().expect("staging"),
                 holds: id == 2,
                 fetches: AtomicU64::new(0),
+                installed: AtomicU64::new(0),
             })
         })
         .collect();
@@ -159,6 +168,11 @@ async fn the_holder_builds_the_restore_and_every_replica_takes_it_from_the_group
         let fetched = source.fetches.load(Relaxed);
         if i == 1 {
             assert!(fetched >= 1, "the holder built the upload");
+            assert_eq!(
+                source.installed.load(Relaxed),
+                1,
+                "the holder is told once its upload can go"
+            );
         } else {
             assert_eq!(fetched, 0, "node {} asked its source for nothing", i + 1);
         }

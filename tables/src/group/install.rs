@@ -118,7 +118,11 @@ impl<M: StateMachine> RaftGroup<M> {
                 Ok(())
             }
             Some(Installing::Load { output }) => {
-                let mut held = self.paused.take().map(|p| p.entries).unwrap_or_default();
+                let Some(paused) = self.paused.take() else {
+                    return Err(Error::corrupt(self.id, "a load finished without its entry"));
+                };
+                self.machine.load_installed(&paused.marker);
+                let mut held = paused.entries;
                 let Some(entry) = held.pop_front() else {
                     return Err(Error::corrupt(self.id, "a load finished without its entry"));
                 };

@@ -88,6 +88,8 @@ pub trait StateMachine: Send + 'static {
             format!("entry {index} loads state this group cannot take"),
         ))
     }
+    /// The state `marker` asked for is installed (durably): what was kept for it can go.
+    fn load_installed(&self, _marker: &LoadMarker) {}
     /// An entry to propose once this replica, as the group's leader, has compacted its
     /// log through `index` (tables: the GC command follower clusters learn the horizon
     /// from, WIRE.md §5.8-5).
