@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use flotilla_proto::mvcc::v1::Command;
 use flotilla_proto::mvcc::v1::command::CommandType;
+use flotilla_proto::mvcc::v1::{Command, KeyValue};
 use flotilla_tables::import::{Fetch, LoadMarker, LoadedSnapshot, SnapshotSource, Wanted};
 use flotilla_tables::replace::TableSstWriter;
 use flotilla_tables::values::StoredValue;
@@ -234,13 +234,13 @@ pub fn check_backup<R: std::io::Read>(records: &mut RecordReader<R>) -> Result<u
         }
         match record_kind(&cmd, n)? {
             CommandType::Put => {
-                let key = put_key(&cmd, n)?;
-                if last_key.as_deref().is_some_and(|last| last >= key) {
+                let key = put_pair(cmd.kv, n)?.key;
+                if last_key.as_ref().is_some_and(|last| *last >= key) {
                     return Err(Error::Format(format!(
                         "record {n}: keys are not in ascending order"
                     )));
                 }
-                last_key = Some(key.to_vec());
+                last_key = Some(key);
                 keys += 1;
             }
             CommandType::Dummy => trailer = true,
@@ -260,11 +260,10 @@ fn record_kind(cmd: &Command, n: u64) -> Result<CommandType> {
         .map_err(|_| Error::Format(format!("record {n} has unknown type {}", cmd.r#type)))
 }
 
-fn put_key(cmd: &Command, n: u64) -> Result<&[u8]> {
-    match &cmd.kv {
-        Some(kv) if !kv.key.is_empty() => Ok(&kv.key),
-        _ => Err(Error::Format(format!("record {n} is a PUT without a key"))),
-    }
+/// The pair of PUT record `n`, which must have a key.
+fn put_pair(kv: Option<KeyValue>, n: u64) -> Result<KeyValue> {
+    kv.filter(|kv| !kv.key.is_empty())
+        .ok_or_else(|| Error::Format(format!("record {n} is a PUT without a key")))
 }
 
 /// Builds table `table_id`'s SST from a checked upload, every key at `revision`.
@@ -283,8 +282,7 @@ fn build_restore(
         if record_kind(&cmd, n)? != CommandType::Put {
             continue; // the trailer (the upload was checked whole)
         }
-        put_key(&cmd, n)?;
-        let Some(kv) = cmd.kv else { continue };
+        let kv = put_pair(cmd.kv, n)?;
         let value = StoredValue {
             create_revision: revision,
             mod_revision: revision,

@@ -105,7 +105,8 @@ fn run_cli() -> anyhow::Result<()> {
 
 /// Runs a client subcommand on a small runtime of its own.
 fn run_client(name: &str, args: &clap::ArgMatches) -> anyhow::Result<()> {
-    tracing_subscriber_for_clients();
+    // Client subcommands log warnings only (their progress is their own output).
+    let _ = flotilla_ops::telemetry::init_tracing("warn", false);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -116,11 +117,6 @@ fn run_client(name: &str, args: &clap::ArgMatches) -> anyhow::Result<()> {
             _ => cli::restore::run(args).await,
         }
     })
-}
-
-/// Client subcommands log warnings only (their progress is their own output).
-fn tracing_subscriber_for_clients() {
-    let _ = flotilla_ops::telemetry::init_tracing("warn", false);
 }
 
 async fn run(settings: Settings, role: Role) -> anyhow::Result<()> {

@@ -68,14 +68,12 @@ impl MaintenanceService {
     }
 
     async fn backup_impl(&self, req: BackupRequest) -> Result<ChunkStream, Status> {
-        let backups = self.backups("Backup")?;
-        let stream = match table_name(&req.table) {
-            Ok(name) if self.api.node.table(name).is_ok() => {
-                backups.exporter.backup(&req.table).await
-            }
-            _ => None,
-        };
-        let stream = stream.ok_or_else(|| Status::unknown("table not found"))?;
+        let stream = self
+            .backups("Backup")?
+            .exporter
+            .backup(&req.table)
+            .await
+            .ok_or_else(|| Status::unknown("table not found"))?;
         Ok(Box::pin(
             stream.map(|item| item.map_err(replication_status)),
         ))

@@ -325,22 +325,16 @@ async fn a_backup_directory_in_armadas_format_restores() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_port_dials_tls_and_the_maintenance_token_is_sent() {
-    use common::tls::{Pki, path, tls_channel};
+    use common::tls::{Pki, mtls_api_settings, path, tls_channel};
     use flotilla_proto::regatta::v1::kv_client::KvClient;
     use flotilla_proto::regatta::v1::tables_client::TablesClient;
     use flotilla_proto::regatta::v1::{CreateTableRequest, PutRequest};
 
     let pki = Pki::new();
     let ca = pki.ca_file();
-    let (cert, key) = pki.leaf("server", "server", &["127.0.0.1"]);
     let (app_cert, app_key) = pki.leaf("app", "app", &["app.example"]);
     let data = tempfile::tempdir().expect("dir");
-    let mut s = common::settings(data.path());
-    s.api.address = "https://127.0.0.1:0".into();
-    s.api.cert_filename = path(&cert);
-    s.api.key_filename = path(&key);
-    s.api.client_cert_auth = true;
-    s.api.ca_filename = path(&ca);
+    let mut s = mtls_api_settings(&pki, data.path());
     s.maintenance.token = flotilla_ops::settings::Secret::new("maint-t0ken");
     let running = flotilla_server::start(s, flotilla_server::Role::Leader)
         .await

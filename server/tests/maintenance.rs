@@ -6,6 +6,9 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use common::{TestServer, eventually, settings};
@@ -176,12 +179,13 @@ async fn restore_is_atomic_for_readers_and_refused_whole_on_bad_input() {
     // A reader hammering the table while it is restored sees the old table or the new
     // one, never a mix and never an empty table.
     let reader_server = server.channel.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop_reader = stop.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let news = Arc::new(AtomicU64::new(0));
+    let (stop_reader, news_seen) = (stop.clone(), news.clone());
     let reader = tokio::spawn(async move {
         let mut kv = flotilla_proto::regatta::v1::kv_client::KvClient::new(reader_server);
-        let (mut olds, mut news) = (0, 0);
-        while !stop_reader.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut olds = 0u64;
+        while !stop_reader.load(Relaxed) {
             let kvs = kv
                 .range(RangeRequest {
                     table: b"t".to_vec(),
@@ -199,25 +203,17 @@ async fn restore_is_atomic_for_readers_and_refused_whole_on_bad_input() {
             if all_old {
                 olds += 1;
             } else {
-                news += 1;
+                news_seen.fetch_add(1, Relaxed);
             }
         }
-        (olds, news)
+        olds
     });
     restore(&server, "t", &new_chunks).await.expect("restore");
-    // Read on until the reader has seen the new table at least once.
-    let seen = eventually(WAIT, async || {
-        dump(&server, "t").await.iter().all(|kv| kv.value == b"new")
-    })
-    .await;
-    assert!(seen);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (olds, news) = reader.await.expect("reader");
-    assert!(
-        news > 0,
-        "the reader saw the restored table ({olds} old reads)"
-    );
+    // Read on until the reader has seen the restored table a few times.
+    let seen = eventually(WAIT, async || news.load(Relaxed) >= 3).await;
+    stop.store(true, Relaxed);
+    let olds = reader.await.expect("reader");
+    assert!(seen, "the reader saw the restored table ({olds} old reads)");
     assert_eq!(
         pairs(&dump(&server, "t").await),
         pairs(&dump(&server, "new").await)
@@ -291,23 +287,28 @@ async fn restore_is_atomic_for_readers_and_refused_whole_on_bad_input() {
     tx.send(info("t")).await.expect("send");
     let half = new_chunks[0].data[..new_chunks[0].data.len() / 2].to_vec();
     tx.send(chunk(half)).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let staging = server.dir.path().join("restore");
+    let staged = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    };
+    let receiving = eventually(WAIT, async || {
+        staged(&staging).is_ok_and(|files| !files.is_empty())
+    })
+    .await;
+    assert!(receiving, "the server is receiving the upload");
+    // The client dies (its connection goes) while its stream is still open.
     call.abort();
     let _ = call.await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(tx);
-    let staging = server.dir.path().join("restore");
     let clean = eventually(WAIT, async || {
-        std::fs::read_dir(&staging)
-            .map(|d| d.count() == 0)
-            .unwrap_or(false)
+        staged(&staging).is_ok_and(|files| files.is_empty())
     })
     .await;
     assert!(
         clean,
         "nothing staged is left behind: {:?}",
-        std::fs::read_dir(&staging).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        staged(&staging)
     );
+    drop(tx);
     assert_eq!(
         pairs(&dump(&server, "t").await),
         pairs(&old),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::tls::{Pki, api, path, plain_channel, tls_channel};
+use common::tls::{Pki, api, mtls_api_settings, path, plain_channel, tls_channel};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -159,14 +159,8 @@ async fn switched_off_services_are_unknown() {
 async fn the_api_over_mtls_serves_only_the_allowed_client() {
     let pki = Pki::new();
     let ca = pki.ca_file();
-    let (cert, key) = pki.leaf("server", "server", &["127.0.0.1"]);
     let data = tempfile::tempdir().expect("dir");
-    let mut s = common::settings(data.path());
-    s.api.address = "https://127.0.0.1:0".into();
-    s.api.cert_filename = path(&cert);
-    s.api.key_filename = path(&key);
-    s.api.client_cert_auth = true;
-    s.api.ca_filename = path(&ca);
+    let mut s = mtls_api_settings(&pki, data.path());
     s.api.allowed_cn = "app".into();
     let running = flotilla_server::start(s, Role::Leader)
         .await

@@ -67,6 +67,19 @@ impl Pki {
     }
 }
 
+/// Settings over `dir` whose API speaks TLS with a certificate for 127.0.0.1 from `pki`'s
+/// CA, requiring client certificates from that CA.
+pub fn mtls_api_settings(pki: &Pki, dir: &Path) -> flotilla_ops::Settings {
+    let (cert, key) = pki.leaf("server", "server", &["127.0.0.1"]);
+    let mut s = super::settings(dir);
+    s.api.address = "https://127.0.0.1:0".into();
+    s.api.cert_filename = path(&cert);
+    s.api.key_filename = path(&key);
+    s.api.client_cert_auth = true;
+    s.api.ca_filename = path(&pki.ca_file());
+    s
+}
+
 pub fn path(p: &Path) -> String {
     p.display().to_string()
 }
