@@ -179,6 +179,16 @@ pub const SWITCHES: &[&str] = &[
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "FLOTILLA_CONFIG";
 
+/// The variables the client subcommands (`backup`, `restore`) read: a node started from a
+/// shell that sets them for those commands does not take them for misspelt settings.
+pub const CLIENT_ENV: &[&str] = &[
+    "FLOTILLA_ADDRESS",
+    "FLOTILLA_TOKEN",
+    "FLOTILLA_CA",
+    "FLOTILLA_CERT",
+    "FLOTILLA_KEY",
+];
+
 /// The environment variable for `key`: `FLOTILLA_` + key upper-cased, `.`/`-` as `_`.
 pub fn env_var(key: &str) -> String {
     let mut s = String::from("FLOTILLA_");
@@ -195,7 +205,7 @@ pub fn check_environment(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), SettingsError> {
     for (name, _) in vars {
-        if !name.starts_with("FLOTILLA_") || name == CONFIG_ENV {
+        if !name.starts_with("FLOTILLA_") || name == CONFIG_ENV || CLIENT_ENV.contains(&&*name) {
             continue;
         }
         if !KEYS.iter().any(|(key, _)| env_var(key) == name) {

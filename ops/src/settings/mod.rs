@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use address::{Listen, ListenAddr};
-pub use keys::{CONFIG_ENV, KEYS, SWITCHES, check_environment, env_var};
+pub use keys::{CLIENT_ENV, CONFIG_ENV, KEYS, SWITCHES, check_environment, env_var};
 pub use secret::{MASK, Secret};
 pub use tls::{LeaderClientTls, PeerTls};
 

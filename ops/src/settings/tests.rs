@@ -75,6 +75,10 @@ fn an_unknown_environment_variable_is_refused_by_name() {
     let vars = |name: &str| vec![(name.to_owned(), "x".to_owned())];
     assert!(check_environment(vars("FLOTILLA_TABLES_TOKEN")).is_ok());
     assert!(check_environment(vars("FLOTILLA_CONFIG")).is_ok());
+    assert!(
+        check_environment(vars("FLOTILLA_TOKEN")).is_ok(),
+        "a client variable"
+    );
     assert!(check_environment(vars("PATH")).is_ok());
     let err = check_environment(vars("FLOTILLA_TABLES_TOKN"))
         .expect_err("misspelled")

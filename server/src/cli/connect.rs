@@ -153,6 +153,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_client_variable_is_one_a_node_lets_through() {
+        let cmd = args(Command::new("t"));
+        let read: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(read.len(), 5, "{read:?}");
+        for name in read {
+            assert!(
+                flotilla_ops::settings::CLIENT_ENV.contains(&name.as_str()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn addresses_say_whether_to_dial_tls() {
         let t = |a: &str| target(a).map_err(|e| e.to_string());
         assert_eq!(
